@@ -1,1 +1,53 @@
-fn main() {}
+//! The `strata` binary. `strata up` runs the whole control plane in one process; `strata crdgen`
+//! regenerates `manifests/crds/` from the types in `apis/`.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use strata_cli::{crdgen, up};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "Strata: a declarative IaaS control plane")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "STRATA_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server, the controllers and simulated hosts in one process.
+    Up(up::UpArgs),
+    /// Write the CustomResourceDefinitions of every Strata kind as YAML.
+    Crdgen(crdgen::CrdgenArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Crdgen(args) => crdgen::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "strata failed");
+            eprintln!("error: {}", strata_cli::error_chain(&err));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

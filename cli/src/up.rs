@@ -1,0 +1,152 @@
+//! `strata up`: the all-in-one control plane. One process runs the API server on the embedded
+//! store, every controller, and `--sim-hosts` node agents with the simulated hypervisor, all
+//! talking to each other through the API like separate processes would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_apis::HostCapacity;
+use strata_node_agent::{Agent, AgentConfig, SimDriver};
+use tokio::sync::watch;
+
+use crate::{kubeconfig, Error};
+
+/// Arguments of `strata up`.
+#[derive(clap::Args, Clone)]
+pub struct UpArgs {
+    /// Where the embedded store, the token and the kubeconfig live.
+    #[arg(long, default_value = ".strata", env = "STRATA_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address of the Kubernetes-compatible API (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: String,
+    /// Number of simulated hosts to run (named sim-host-1, sim-host-2, ...).
+    #[arg(long, default_value_t = 1)]
+    pub sim_hosts: usize,
+    /// Cluster the simulated hosts join.
+    #[arg(long, default_value = "cluster-1")]
+    pub sim_cluster: String,
+    /// Logical CPUs each simulated host reports.
+    #[arg(long, default_value_t = 64)]
+    pub sim_host_cpu: i64,
+    /// Memory each simulated host reports.
+    #[arg(long, default_value = "256Gi")]
+    pub sim_host_memory: String,
+    /// How often agents renew their host lease.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub heartbeat_seconds: Duration,
+    /// A host whose lease is older than this turns Disconnected.
+    #[arg(long, default_value = "40", value_parser = parse_seconds)]
+    pub host_lease_timeout_seconds: Duration,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s:?} is not whole seconds: {e}"))
+}
+
+/// Runs until SIGINT or SIGTERM, then stops agents and controllers before the API server so
+/// nothing writes to a store that is closing.
+pub async fn run(args: UpArgs) -> Result<(), Error> {
+    let memory = strata_apis::quantity::parse(&args.sim_host_memory)
+        .map_err(|e| Error::Memory(args.sim_host_memory.clone(), e))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|source| Error::Io { action: "create", path: args.data_dir.clone(), source })?;
+    let token = kubeconfig::load_or_create_token(&args.data_dir)?;
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|source| Error::Listen { addr: args.listen.clone(), source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Listen { addr: args.listen.clone(), source })?;
+    let kubeconfig_path = kubeconfig::write(&args.data_dir, addr, &token)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(strata_apiserver::serve(
+        strata_apiserver::ServeOptions {
+            data_dir: args.data_dir.clone(),
+            bearer_token: Some(token.clone()),
+            crds: strata_apis::crds(),
+        },
+        listener,
+        wait_for(stop_rx),
+    ));
+    tracing::info!(%addr, data_dir = %args.data_dir.display(), "api server listening");
+
+    let client = client(addr, &token)?;
+    let mut workers = tokio::task::JoinSet::new();
+    let controller_opts =
+        strata_controllers::ControllerOptions { host_lease_timeout: args.host_lease_timeout_seconds };
+    workers.spawn({
+        let client = client.clone();
+        async move {
+            if let Err(err) = strata_controllers::run(client, controller_opts).await {
+                tracing::error!(error = %crate::error_chain(&err), "controllers stopped");
+            }
+        }
+    });
+    for i in 1..=args.sim_hosts {
+        let config = AgentConfig {
+            host_name: format!("sim-host-{i}"),
+            cluster: args.sim_cluster.clone(),
+            capacity: HostCapacity {
+                cpu: args.sim_host_cpu,
+                memory: strata_apis::quantity::format_bytes(memory),
+            },
+            heartbeat_interval: args.heartbeat_seconds,
+        };
+        let agent = Agent::new(client.clone(), config, Arc::new(SimDriver::default()));
+        workers.spawn(async move {
+            if let Err(err) = agent.run().await {
+                tracing::error!(error = %crate::error_chain(&err), "agent stopped");
+            }
+        });
+    }
+
+    println!("Strata is up: {} simulated host(s), API at http://{addr}", args.sim_hosts);
+    println!("export KUBECONFIG={}", absolute(&kubeconfig_path).display());
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    workers.shutdown().await;
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(result) => result.map_err(Error::ApiServer),
+        Err(join) => {
+            tracing::error!(error = %join, "api server task failed");
+            Ok(())
+        }
+    }
+}
+
+fn client(addr: SocketAddr, token: &str) -> Result<kube::Client, Error> {
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let uri = format!("http://{host}").parse().expect("a socket address forms a valid URI");
+    let mut config = kube::Config::new(uri);
+    config.auth_info.token = Some(token.to_owned().into());
+    config.default_namespace = "default".into();
+    kube::Client::try_from(config).map_err(Error::Client)
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
