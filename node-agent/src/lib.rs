@@ -1,1 +1,18 @@
+//! The node agent: the per-host daemon that runs the VirtualMachineInstances assigned to its host.
+//!
+//! It is deliberately simple (ZStack: "keep the agents as simple as possible"). It registers its
+//! Host, renews the host's Lease, and makes the hypervisor match the instances whose `spec.host`
+//! names it, reporting what it observes. It never chooses a host, an address or a size: those
+//! arrive fully resolved in the instance's spec.
 
+mod agent;
+mod conditions;
+mod driver;
+mod error;
+mod instance;
+mod sim;
+
+pub use agent::{Agent, AgentConfig, DEFAULT_HEARTBEAT_INTERVAL};
+pub use driver::{Domain, DriverError, Hypervisor};
+pub use error::Error;
+pub use sim::SimDriver;

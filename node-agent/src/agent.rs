@@ -1,0 +1,220 @@
+//! The agent's top level: register the Host, heartbeat its Lease, run its instances.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        coordination::v1::{Lease, LeaseSpec},
+        core::v1::Namespace,
+    },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{
+    api::{Patch, PatchParams, PostParams},
+    runtime::{watcher, Controller},
+    Api, Client,
+};
+use serde_json::json;
+use strata_apis::{Host, HostCapacity, HostSpec, VirtualMachineInstance, SYSTEM_NAMESPACE};
+use tracing::{debug, info, warn};
+
+use crate::{driver::Hypervisor, instance, Error};
+
+/// How often the agent renews its host's Lease unless configured otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// The lease outlives this many missed heartbeats, so one slow renewal does not disconnect a host.
+const HEARTBEATS_PER_LEASE: u32 = 4;
+
+/// What an agent needs to know about its host.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Name of the Host object (and of its Lease).
+    pub host_name: String,
+    /// The Cluster a newly registered Host joins.
+    pub cluster: String,
+    /// What the hypervisor offers, reported in the Host's status.
+    pub capacity: HostCapacity,
+    pub heartbeat_interval: Duration,
+}
+
+impl AgentConfig {
+    /// A config with the default heartbeat interval.
+    pub fn new(
+        host_name: impl Into<String>,
+        cluster: impl Into<String>,
+        capacity: HostCapacity,
+    ) -> Self {
+        Self {
+            host_name: host_name.into(),
+            cluster: cluster.into(),
+            capacity,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+
+    fn lease_duration_seconds(&self) -> i32 {
+        let secs = (self.heartbeat_interval * HEARTBEATS_PER_LEASE)
+            .as_secs()
+            .max(1);
+        i32::try_from(secs).unwrap_or(i32::MAX)
+    }
+}
+
+/// The agent of one host.
+pub struct Agent {
+    client: Client,
+    config: AgentConfig,
+    driver: Arc<dyn Hypervisor>,
+}
+
+impl Agent {
+    pub fn new(client: Client, config: AgentConfig, driver: Arc<dyn Hypervisor>) -> Self {
+        Self {
+            client,
+            config,
+            driver,
+        }
+    }
+
+    /// Registers the host, then heartbeats and runs its instances until the future is dropped.
+    /// Fails only if the host cannot be registered.
+    pub async fn run(self) -> Result<(), Error> {
+        self.register().await?;
+        self.renew_lease().await?;
+        info!(host = %self.config.host_name, driver = self.driver.name(), "host registered");
+        tokio::select! {
+            () = self.heartbeat() => {}
+            () = self.instances() => {}
+        }
+        Ok(())
+    }
+
+    /// Creates the Host if absent (an existing one keeps its spec) and reports capacity and driver.
+    async fn register(&self) -> Result<(), Error> {
+        let host = &self.config.host_name;
+        let failed = |source| Error::RegisterHost {
+            host: host.clone(),
+            source,
+        };
+        self.ensure_system_namespace().await.map_err(failed)?;
+        let hosts: Api<Host> = Api::all(self.client.clone());
+        if hosts.get_opt(host).await.map_err(failed)?.is_none() {
+            let spec = HostSpec {
+                cluster: self.config.cluster.clone(),
+                management_ip: None,
+                admin_state: "Enabled".into(),
+            };
+            create_if_absent(&hosts, &Host::new(host, spec))
+                .await
+                .map_err(failed)?;
+        }
+        let status = json!({ "status": {
+            "capacity": self.config.capacity,
+            "driver": self.driver.name(),
+        }});
+        hosts
+            .patch_status(host, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn ensure_system_namespace(&self) -> Result<(), kube::Error> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(SYSTEM_NAMESPACE.into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        create_if_absent(&namespaces, &namespace).await
+    }
+
+    async fn renew_lease(&self) -> Result<(), Error> {
+        let host = &self.config.host_name;
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let now = MicroTime(Timestamp::now());
+        let spec = LeaseSpec {
+            holder_identity: Some(host.clone()),
+            lease_duration_seconds: Some(self.config.lease_duration_seconds()),
+            renew_time: Some(now.clone()),
+            ..LeaseSpec::default()
+        };
+        let failed = |source| Error::RenewLease {
+            host: host.clone(),
+            source,
+        };
+        let renewed = leases
+            .patch(
+                host,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": spec })),
+            )
+            .await;
+        match renewed {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(host.clone()),
+                        namespace: Some(SYSTEM_NAMESPACE.into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        acquire_time: Some(now),
+                        ..spec
+                    }),
+                };
+                create_if_absent(&leases, &lease).await.map_err(failed)
+            }
+            Err(source) => Err(failed(source)),
+        }
+    }
+
+    async fn heartbeat(&self) {
+        let mut ticks = tokio::time::interval(self.config.heartbeat_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick fires at once, and `run` has just renewed the lease.
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.renew_lease().await {
+                warn!(error = %error, "heartbeat failed");
+            }
+        }
+    }
+
+    async fn instances(&self) {
+        let selector = format!("spec.host={}", self.config.host_name);
+        let api: Api<VirtualMachineInstance> = Api::all(self.client.clone());
+        let ctx = Arc::new(instance::Context {
+            client: self.client.clone(),
+            host: self.config.host_name.clone(),
+            driver: self.driver.clone(),
+        });
+        Controller::new(api, watcher::Config::default().fields(&selector))
+            .run(instance::reconcile, instance::error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((instance, _)) => debug!(%instance, "reconciled"),
+                    Err(error) => debug!(error = %error, "instance controller"),
+                }
+            })
+            .await;
+    }
+}
+
+/// Creates `object`, treating "already exists" as success: whoever created it first wins.
+async fn create_if_absent<K>(api: &Api<K>, object: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_already_exists() || status.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
