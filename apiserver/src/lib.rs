@@ -1,1 +1,125 @@
+//! Strata's Kubernetes-compatible API server.
+//!
+//! Request flow: [`handlers::router`] is the one route table. Discovery (`/api`, `/apis`, …),
+//! OpenAPI and `/version` are answered from the [`registry::Registry`] of served kinds, which is
+//! built from the built-in kinds plus every stored CustomResourceDefinition. Resource requests are
+//! parsed into a [`handlers::ResourceRequest`] and dispatched to the verbs in [`rest`]: reads
+//! (get, list, watch) are served from the in-memory [`cache::Cache`]; writes apply Kubernetes
+//! object semantics ([`objects`], [`validation`], [`patch`]) and go through the cache to the
+//! durable [`store::Store`], which assigns the revision that becomes the resourceVersion. Watches
+//! ([`watch`]) follow the cache's event ring. Every error is an [`error::ApiError`], rendered once
+//! as a `Status`.
 
+pub mod cache;
+pub mod discovery;
+pub mod error;
+pub mod handlers;
+pub mod jsonpath;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod registry;
+pub mod rest;
+pub mod selectors;
+pub mod store;
+pub mod table;
+pub mod validation;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+pub use error::Error;
+
+/// What `strata up` (or a test) hands the server.
+pub struct ServeOptions {
+    /// The embedded store lives under here (`store.redb`).
+    pub data_dir: std::path::PathBuf,
+    /// When set, every request except the health checks must carry `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Installed (created or updated) at start-up, then served.
+    pub crds: Vec<CustomResourceDefinition>,
+}
+
+/// Knobs that only tests need.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How many recent events the watch cache keeps; older resourceVersions get 410 Expired.
+    pub event_ring: usize,
+    /// How often a watch with bookmarks enabled gets a BOOKMARK.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            event_ring: 10_000,
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then ends open watches, drains
+/// requests and closes the store.
+pub async fn serve(
+    opts: ServeOptions,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    serve_with_limits(opts, Limits::default(), listener, shutdown).await
+}
+
+#[doc(hidden)]
+pub async fn serve_with_limits(
+    opts: ServeOptions,
+    limits: Limits,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(Error::DataDir)?;
+    let store = store::RedbStore::open(&opts.data_dir.join("store.redb")).map_err(Error::Store)?;
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    let cache = cache::Cache::load(store, limits.event_ring).map_err(Error::Store)?;
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = Arc::new(rest::App::new(
+        cache,
+        opts.bearer_token,
+        shutdown_rx,
+        limits.bookmark_interval,
+    ));
+    let result = async {
+        for ns in ["default", "kube-system", "strata-system"] {
+            app.ensure_namespace(ns).map_err(|e| Error::InstallCrd {
+                name: format!("namespace {ns}"),
+                source: Box::new(e),
+            })?;
+        }
+        for crd in &opts.crds {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let value = serde_json::to_value(crd).map_err(|e| Error::InstallCrd {
+                name: name.clone(),
+                source: Box::new(e),
+            })?;
+            app.install_crd(value).map_err(|e| Error::InstallCrd {
+                name: name.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        let router = handlers::router(app.clone());
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Watches observe this and end their streams, so the drain can finish.
+                let _ = shutdown_tx.send(true);
+            })
+            .await
+            .map_err(Error::Serve)
+    }
+    .await;
+    app.cache.close();
+    result
+}

@@ -1,0 +1,378 @@
+//! Object metadata semantics shared by every kind: what the server sets on create, what it carries
+//! over on update, when `generation` moves, and how `managedFields` are recorded.
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, Cause};
+use crate::patch::managed_fields_of;
+use crate::registry::ResourceDef;
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// RFC 1123 subdomain, as upstream requires for most object names.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
+}
+
+pub fn meta(obj: &Value) -> &Value {
+    &obj["metadata"]
+}
+
+pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    // Just ensured it is an object.
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
+}
+
+pub fn finalizers(obj: &Value) -> Vec<String> {
+    meta(obj)["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn is_terminating(obj: &Value) -> bool {
+    meta(obj)["deletionTimestamp"].is_string()
+}
+
+/// The parts of an object that `generation` tracks: everything but metadata (and status, when
+/// the status subresource owns it).
+fn generation_view(def: &ResourceDef, obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("apiVersion");
+        m.remove("kind");
+        if def.status_subresource {
+            m.remove("status");
+        }
+    }
+    v
+}
+
+/// Checks the metadata a client may set.
+pub fn validate_metadata(def: &ResourceDef, obj: &Value) -> Result<(), ApiError> {
+    let name = meta(obj)["name"].as_str().unwrap_or_default();
+    let mut causes = Vec::new();
+    let valid = if def.plural == "namespaces" {
+        is_dns_label(name)
+    } else {
+        is_dns_subdomain(name)
+    };
+    if !valid {
+        causes.push(Cause::new(
+            "FieldValueInvalid",
+            "metadata.name",
+            format!(
+                "Invalid value: {:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                name,
+                if def.plural == "namespaces" { "label" } else { "subdomain" }
+            ),
+        ));
+    }
+    for field in ["labels", "annotations"] {
+        if let Some(map) = meta(obj)[field].as_object() {
+            for (k, v) in map {
+                if !v.is_string() {
+                    causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        format!("metadata.{field}"),
+                        format!("Invalid value: {v}: {k} must be a string"),
+                    ));
+                }
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(def.target(name), causes))
+    }
+}
+
+/// Fills in what the server owns on create. `namespace` comes from the URL.
+pub fn prepare_create(
+    def: &ResourceDef,
+    obj: &mut Value,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be an object".into(),
+        ));
+    }
+    obj["apiVersion"] = json!(def.api_version());
+    obj["kind"] = json!(def.kind);
+    let m = meta_mut(obj);
+    match (namespace, m.get("namespace").and_then(Value::as_str)) {
+        (Some(url), Some(body)) if !body.is_empty() && url != body => {
+            return Err(ApiError::BadRequest(format!(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )));
+        }
+        _ => {}
+    }
+    if def.namespaced {
+        if let Some(ns) = namespace {
+            m.insert("namespace".into(), json!(ns));
+        }
+    } else {
+        m.remove("namespace");
+    }
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
+        m.remove(k);
+    }
+    m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    m.insert("creationTimestamp".into(), json!(now()));
+    m.insert("generation".into(), json!(1));
+    if def.status_subresource {
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    Ok(())
+}
+
+/// Builds the object to store from `old` and the client's `new` for the main resource
+/// (`subresource == None`) or `/status`.
+pub fn prepare_update(
+    def: &ResourceDef,
+    old: &Value,
+    mut new: Value,
+    status_only: bool,
+) -> Result<Value, ApiError> {
+    if !new.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be an object".into(),
+        ));
+    }
+    if status_only {
+        // Only status comes from the request.
+        let mut merged = old.clone();
+        match new.get("status") {
+            Some(s) => merged["status"] = s.clone(),
+            None => {
+                if let Some(m) = merged.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        if let Some(mf) = new["metadata"].get("managedFields") {
+            meta_mut(&mut merged).insert("managedFields".into(), mf.clone());
+        }
+        new = merged;
+    } else if def.status_subresource {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    new["apiVersion"] = json!(def.api_version());
+    new["kind"] = json!(def.kind);
+    let old_meta = meta(old).clone();
+    let m = meta_mut(&mut new);
+    // Immutable: identity and lifecycle stamps always come from the stored object.
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "resourceVersion",
+    ] {
+        match old_meta.get(k) {
+            Some(v) => {
+                m.insert(k.into(), v.clone());
+            }
+            None => {
+                m.remove(k);
+            }
+        }
+    }
+    if is_terminating(old) {
+        let before = finalizers(old);
+        if let Some(added) = finalizers(&new).into_iter().find(|f| !before.contains(f)) {
+            return Err(ApiError::Invalid(
+                def.target(old_meta["name"].as_str().unwrap_or_default()),
+                vec![Cause::new(
+                    "FieldValueForbidden",
+                    "metadata.finalizers",
+                    format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{added:?}}}"),
+                )],
+            ));
+        }
+    }
+    if generation_view(def, old) != generation_view(def, &new) {
+        let gen = old_meta["generation"].as_i64().unwrap_or(0) + 1;
+        meta_mut(&mut new).insert("generation".into(), json!(gen));
+    }
+    Ok(new)
+}
+
+/// True when `a` and `b` differ in more than resourceVersion and managedFields, i.e. when
+/// writing `b` over `a` would change anything a client can observe.
+pub fn meaningfully_differs(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+        }
+        v
+    };
+    strip(a) != strip(b)
+}
+
+/// Records a write by `manager` in `metadata.managedFields`, replacing that manager's previous
+/// entry for the same operation and subresource.
+pub fn record_manager(
+    obj: &mut Value,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+    fields: Value,
+) {
+    let mut entry = json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version,
+        "time": now(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    });
+    if let Some(s) = subresource {
+        entry["subresource"] = json!(s);
+    }
+    let m = meta_mut(obj);
+    let mut entries: Vec<Value> = m
+        .get("managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            !(e["manager"] == json!(manager)
+                && e["operation"] == json!(operation)
+                && e["subresource"].as_str() == subresource)
+        })
+        .collect();
+    entries.push(entry);
+    m.insert("managedFields".into(), Value::Array(entries));
+}
+
+/// The FieldsV1 set a manager's update writes; for `/status` only the status part.
+pub fn update_fields(obj: &Value, status_only: bool) -> Value {
+    if status_only {
+        managed_fields_of(&json!({"status": obj.get("status").cloned().unwrap_or(Value::Null)}))
+    } else {
+        managed_fields_of(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    fn def() -> std::sync::Arc<ResourceDef> {
+        let crd = json!({"spec": {"group": "g.io", "scope": "Namespaced",
+            "names": {"kind": "Thing", "plural": "things"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                          "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+        Registry::build(&[crd])
+            .get("g.io", "v1", "things")
+            .expect("things")
+    }
+
+    #[test]
+    fn generation_moves_only_for_spec_changes() {
+        let def = def();
+        let mut obj = json!({"metadata": {"name": "a"}, "spec": {"x": 1}, "status": {"s": 1}});
+        prepare_create(&def, &mut obj, Some("ns")).expect("create");
+        assert_eq!(obj["metadata"]["generation"], 1);
+        assert!(obj.get("status").is_none(), "status is dropped on create");
+        assert_eq!(obj["metadata"]["namespace"], "ns");
+
+        let mut labels = obj.clone();
+        labels["metadata"]["labels"] = json!({"a": "b"});
+        let up = prepare_update(&def, &obj, labels, false).expect("labels");
+        assert_eq!(up["metadata"]["generation"], 1);
+
+        let mut spec = obj.clone();
+        spec["spec"]["x"] = json!(2);
+        spec["status"] = json!({"ignored": true});
+        let up = prepare_update(&def, &obj, spec, false).expect("spec");
+        assert_eq!(up["metadata"]["generation"], 2);
+        assert!(
+            up.get("status").is_none(),
+            "status is ignored on the main resource"
+        );
+
+        let mut st = obj.clone();
+        st["status"] = json!({"s": 2});
+        st["spec"]["x"] = json!(99);
+        let up = prepare_update(&def, &obj, st, true).expect("status");
+        assert_eq!(up["metadata"]["generation"], 1);
+        assert_eq!(up["spec"]["x"], 1, "/status takes only status");
+        assert_eq!(up["status"]["s"], 2);
+    }
+
+    #[test]
+    fn terminating_objects_take_no_new_finalizers() {
+        let def = def();
+        let old =
+            json!({"metadata": {"name": "a", "deletionTimestamp": now(), "finalizers": ["x"]}});
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = json!(["x", "y"]);
+        assert!(matches!(
+            prepare_update(&def, &old, new, false),
+            Err(ApiError::Invalid(..))
+        ));
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = json!([]);
+        assert!(prepare_update(&def, &old, new, false).is_ok());
+    }
+
+    #[test]
+    fn names_are_dns_subdomains() {
+        assert!(is_dns_subdomain("vm-1.example"));
+        assert!(!is_dns_subdomain("VM"));
+        assert!(!is_dns_subdomain("-a"));
+        assert!(!is_dns_label("a.b"));
+    }
+}

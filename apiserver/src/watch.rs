@@ -1,0 +1,208 @@
+//! Watch streams: newline-delimited JSON events over a chunked HTTP 200 response, fed from the
+//! cache's event ring.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cache::{EventType, TooOld};
+use crate::error::ApiError;
+use crate::registry::ResourceDef;
+use crate::rest::{present, App, Filter, ResourceRequest};
+use crate::table::{self, IncludeObject, Rendering};
+
+struct Watcher {
+    def: Arc<ResourceDef>,
+    prefix: String,
+    filter: Filter,
+    rendering: Rendering,
+    include: IncludeObject,
+    bookmarks: bool,
+    sent_columns: bool,
+    tx: mpsc::Sender<Result<Bytes, std::convert::Infallible>>,
+}
+
+impl Watcher {
+    fn render(&mut self, obj: &Value) -> Value {
+        let obj = present(&self.def, obj);
+        match self.rendering {
+            Rendering::Object => obj,
+            Rendering::Metadata => table::partial_metadata(&obj),
+            Rendering::Table => {
+                // Only the first event carries the column definitions.
+                let with_columns = !self.sent_columns;
+                self.sent_columns = true;
+                table::table(&self.def, &[obj], json!({}), self.include, with_columns)
+            }
+        }
+    }
+
+    /// Sends one frame; false once the client has gone.
+    async fn send(&self, type_: &str, object: Value) -> bool {
+        let mut line = match serde_json::to_vec(&json!({"type": type_, "object": object})) {
+            Ok(l) => l,
+            Err(_) => return true,
+        };
+        line.push(b'\n');
+        self.tx.send(Ok(Bytes::from(line))).await.is_ok()
+    }
+
+    async fn bookmark(&self, rev: u64) -> bool {
+        let obj = json!({
+            "kind": self.def.kind,
+            "apiVersion": self.def.api_version(),
+            "metadata": {"resourceVersion": rev.to_string()},
+        });
+        self.send("BOOKMARK", obj).await
+    }
+}
+
+/// Starts a watch; the response streams until the timeout, the client leaving, or shutdown.
+pub fn watch(app: Arc<App>, req: &ResourceRequest) -> Result<Response, ApiError> {
+    let filter = Filter::from_request(req)?;
+    if req.param("sendInitialEvents") == Some("true") {
+        // Clients fall back to list+watch when the server rejects WatchList.
+        return Err(ApiError::Invalid(
+            req.def.target(""),
+            vec![crate::error::Cause::new(
+                "FieldValueForbidden",
+                "sendInitialEvents",
+                "Forbidden: sendInitialEvents is not supported by this server",
+            )],
+        ));
+    }
+    let start: Option<u64> = match req
+        .param("resourceVersion")
+        .filter(|s| !s.is_empty() && *s != "0")
+    {
+        Some(rv) => Some(
+            rv.parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))?,
+        ),
+        None => None,
+    };
+    let timeout = req
+        .param("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(Duration::from_secs)
+        // Upstream picks 30–60 minutes when the client does not say.
+        .unwrap_or(Duration::from_secs(1800));
+    let (tx, rx) = mpsc::channel(64);
+    let mut w = Watcher {
+        def: req.def.clone(),
+        prefix: req.def.list_prefix(req.namespace.as_deref()),
+        filter,
+        rendering: req.rendering(),
+        include: IncludeObject::parse(req.param("includeObject")),
+        bookmarks: req.param("allowWatchBookmarks") == Some("true"),
+        sent_columns: false,
+        tx,
+    };
+    tokio::spawn(async move { run(app, &mut w, start, timeout).await });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn run(app: Arc<App>, w: &mut Watcher, start: Option<u64>, timeout: Duration) {
+    let mut rev_rx = app.cache.subscribe();
+    let mut shutdown = app.shutdown.clone();
+    let deadline = Instant::now() + timeout;
+    let mut last = match start {
+        Some(rev) => rev,
+        None => {
+            // "Get state and start at most recent": synthetic ADDED for what exists now.
+            let (rev, items) = app.cache.list(&w.prefix, None);
+            for (_, obj) in items {
+                if w.filter.matches(&obj) {
+                    let rendered = w.render(&obj);
+                    if !w.send("ADDED", rendered).await {
+                        return;
+                    }
+                }
+            }
+            rev
+        }
+    };
+    let mut next_bookmark = Instant::now() + app.bookmark_interval;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        rev_rx.mark_unchanged();
+        let events = match app.cache.events_since(last) {
+            Ok((events, up_to)) => {
+                last = up_to;
+                events
+            }
+            Err(TooOld { requested, oldest }) => {
+                let err =
+                    ApiError::Expired(format!("too old resource version: {requested} ({oldest})"));
+                w.send("ERROR", err.status()).await;
+                return;
+            }
+        };
+        for e in events {
+            if !e.key.starts_with(&w.prefix) {
+                continue;
+            }
+            let now_matches = e.type_ != EventType::Deleted && w.filter.matches(&e.object);
+            let was_matching = e.prev.as_deref().is_some_and(|p| w.filter.matches(p));
+            let frame = match (e.type_, was_matching, now_matches) {
+                (EventType::Deleted, true, _) => Some(("DELETED", e.object.as_ref().clone())),
+                (EventType::Added, _, true) => Some(("ADDED", e.object.as_ref().clone())),
+                (EventType::Modified, true, true) => Some(("MODIFIED", e.object.as_ref().clone())),
+                (EventType::Modified, false, true) => Some(("ADDED", e.object.as_ref().clone())),
+                // Left the selector: the client sees it go, in its last matching state but at
+                // this revision.
+                (EventType::Modified, true, false) => {
+                    let mut gone = e.prev.as_deref().cloned().unwrap_or(Value::Null);
+                    crate::cache::set_resource_version(&mut gone, e.rev);
+                    Some(("DELETED", gone))
+                }
+                _ => None,
+            };
+            if let Some((type_, obj)) = frame {
+                let rendered = w.render(&obj);
+                if !w.send(type_, rendered).await {
+                    return;
+                }
+            }
+        }
+        let wake = next_bookmark.min(deadline);
+        tokio::select! {
+            changed = rev_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => return,
+            _ = w.tx.closed() => return,
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= deadline {
+                    // A last bookmark lets the client resume from here without a relist.
+                    if w.bookmarks {
+                        w.bookmark(last).await;
+                    }
+                    return;
+                }
+                if w.bookmarks && !w.bookmark(last).await {
+                    return;
+                }
+                next_bookmark = Instant::now() + app.bookmark_interval;
+            }
+        }
+    }
+}
