@@ -1,1 +1,136 @@
+//! Strata's controllers: one reconciler per kind, each a `kube::runtime::Controller`.
+//!
+//! All business logic lives here rather than in the node agents (ZStack's lesson): the VM
+//! controller places VMs, allocates their addresses and writes the fully resolved
+//! VirtualMachineInstance that a host's agent runs; the host controller turns Lease heartbeats
+//! into host state; the L3Network controller validates networks and counts their addresses.
+//!
+//! Reconcilers follow one shape: fetch → validate → build (pure) → apply → update status.
+//! The pure parts (scheduling, address choice, MACs, conditions, phases) are plain functions
+//! tested without a server.
 
+mod conditions;
+mod context;
+mod error;
+mod events;
+mod host;
+mod l3network;
+mod vm;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::{future, Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    runtime::{controller, reflector, watcher, WatchStreamExt},
+    Api, Client,
+};
+use strata_apis::{IpAddress, VirtualMachineInstance, SYSTEM_NAMESPACE};
+use tracing::{debug, warn};
+
+pub use error::Error;
+
+use crate::context::Context;
+
+/// Settings shared by every controller.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// A host whose Lease does not say how long it lasts is Disconnected once its last renewal
+    /// is older than this.
+    pub host_lease_timeout: Duration,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self {
+            host_lease_timeout: Duration::from_secs(40),
+        }
+    }
+}
+
+/// Runs every controller until the returned future is dropped.
+pub async fn run(client: Client, opts: ControllerOptions) -> Result<(), Error> {
+    let hosts = host::controller(&client);
+    let vms = vm::controller(&client);
+    let l3networks = l3network::controller(&client);
+
+    let (vmis, vmi_writer) = reflector::store();
+    let (leases, lease_writer) = reflector::store();
+    let (ips, ip_writer) = reflector::store();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        opts,
+        hosts.store(),
+        vmis,
+        leases,
+        ips,
+    ));
+
+    let caches = future::join3(
+        reflect(
+            Api::<VirtualMachineInstance>::all(client.clone()),
+            vmi_writer,
+        ),
+        reflect(
+            Api::<Lease>::namespaced(client.clone(), SYSTEM_NAMESPACE),
+            lease_writer,
+        ),
+        reflect(Api::<IpAddress>::all(client.clone()), ip_writer),
+    );
+    let controllers = future::join3(
+        drain(
+            "host",
+            hosts.run(host::reconcile, host::error_policy, ctx.clone()),
+        ),
+        drain("vm", vms.run(vm::reconcile, vm::error_policy, ctx.clone())),
+        drain(
+            "l3network",
+            l3networks.run(l3network::reconcile, l3network::error_policy, ctx),
+        ),
+    );
+    future::join(caches, controllers).await;
+    Ok(())
+}
+
+/// Keeps `writer`'s store in sync with every object of `api`.
+async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|event| {
+            if let Err(error) = event {
+                warn!(error = %error, "cache watch failed");
+            }
+            future::ready(())
+        })
+        .await;
+}
+
+async fn drain<K, S>(name: &'static str, results: S)
+where
+    K: kube::Resource,
+    S: Stream<Item = Result<(reflector::ObjectRef<K>, controller::Action), ControllerError>>,
+{
+    results
+        .for_each(|result| {
+            match result {
+                Ok((object, _)) => debug!(controller = name, %object, "reconciled"),
+                // Reconcile errors were already logged by the error policy.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(error) => warn!(controller = name, error = %error, "controller error"),
+            }
+            future::ready(())
+        })
+        .await;
+}
+
+type ControllerError = controller::Error<Error, watcher::Error>;

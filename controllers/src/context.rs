@@ -1,0 +1,104 @@
+//! State shared by the controllers: the client, the caches fed by watches, the scheduler's
+//! assumed placements and the per-object retry backoff.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::Store,
+    },
+    Client,
+};
+use strata_apis::{Host, IpAddress, VirtualMachineInstance};
+
+use crate::{vm::schedule::Assumed, ControllerOptions};
+
+pub(crate) struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub opts: ControllerOptions,
+    pub hosts: Store<Host>,
+    pub vmis: Store<VirtualMachineInstance>,
+    pub leases: Store<Lease>,
+    pub ips: Store<IpAddress>,
+    assumed: Mutex<Assumed>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        opts: ControllerOptions,
+        hosts: Store<Host>,
+        vmis: Store<VirtualMachineInstance>,
+        leases: Store<Lease>,
+        ips: Store<IpAddress>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "strata-controllers".into(),
+            instance: None,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            opts,
+            hosts,
+            vmis,
+            leases,
+            ips,
+            assumed: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The scheduler's placements. Held across a whole scheduling decision, so two VMs are
+    /// never both given the last free slot of a host.
+    pub fn assumed(&self) -> MutexGuard<'_, Assumed> {
+        // Every update is a single map operation, so a panicked holder leaves it consistent.
+        self.assumed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a failed reconcile of `key` and returns how long to wait before the next.
+    pub fn failed(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = failures.entry(key).or_default();
+        *count = count.saturating_add(1);
+        backoff(*count)
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// Exponential backoff from 1 s to 5 min after `failures` consecutive failures.
+fn backoff(failures: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(300);
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,523 @@
+//! VM controller: resolves a VirtualMachine's references, places it on a host, allocates its
+//! addresses and writes the VirtualMachineInstance that the host's agent runs; then mirrors
+//! what the agent reports. Deletion destroys the instance before releasing the addresses.
+
+mod instance;
+mod ipam;
+pub(crate) mod schedule;
+mod status;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
+use kube::{
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{finalizer, Event},
+        reflector::{ObjectRef, Store},
+        watcher, Controller,
+    },
+    Api, Client, ResourceExt,
+};
+use serde_json::json;
+use strata_apis::{
+    condition::VM_FINALIZER, l3network::Subnet, quantity, Host, Image, InstanceOffering, IpAddress,
+    L3Network, RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineStatus,
+};
+use tracing::warn;
+
+use self::{
+    instance::Applied,
+    schedule::{Candidate, Placement, Resources},
+    status::Observation,
+};
+use crate::{events, host::CONNECTED, Context, Error};
+
+/// A VM blocked on something the user must fix is retried this often anyway, in case the
+/// watch that would wake it was missed.
+const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+/// An unschedulable VM is retried this often; host changes also wake it.
+const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(30);
+/// Waiting for an old instance to go away before creating the new one.
+const REPLACING_RETRY: Duration = Duration::from_secs(2);
+
+/// Why a VM cannot progress, as a condition reason and a message naming the object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// An L3 network a NIC is on, validated.
+#[derive(Clone, Debug)]
+pub(crate) struct Network {
+    pub name: String,
+    pub subnet: Subnet,
+}
+
+/// A VM's references, fetched and validated.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    pub size: Resources,
+    pub memory: Quantity,
+    pub image_url: String,
+    pub networks: Vec<Network>,
+}
+
+pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
+    let vms = Controller::new(Api::all(client.clone()), watcher::Config::default());
+    let store = vms.store();
+    let (offerings, images, networks, hosts) = (store.clone(), store.clone(), store.clone(), store);
+    vms.owns(
+        Api::<VirtualMachineInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<InstanceOffering>::all(client.clone()),
+        watcher::Config::default(),
+        move |o| referring(&offerings, |vm| vm.spec.instance_offering == o.name_any()),
+    )
+    .watches(
+        Api::<Image>::all(client.clone()),
+        watcher::Config::default(),
+        move |i| referring(&images, |vm| vm.spec.image == i.name_any()),
+    )
+    .watches(
+        Api::<L3Network>::all(client.clone()),
+        watcher::Config::default(),
+        move |l3| {
+            let name = l3.name_any();
+            referring(&networks, |vm| {
+                vm.spec.nics.iter().any(|n| n.l3_network == name)
+            })
+        },
+    )
+    .watches(
+        Api::<Host>::all(client.clone()),
+        watcher::Config::default(),
+        // A host change matters to the VMs on it, and to every VM still waiting for a host.
+        move |h| {
+            let name = h.name_any();
+            referring(&hosts, |vm| {
+                vm.status
+                    .as_ref()
+                    .and_then(|s| s.host.as_ref())
+                    .is_none_or(|host| *host == name)
+            })
+        },
+    )
+}
+
+fn referring(
+    store: &Store<VirtualMachine>,
+    refers: impl Fn(&VirtualMachine) -> bool,
+) -> Vec<ObjectRef<VirtualMachine>> {
+    store
+        .state()
+        .iter()
+        .filter(|vm| refers(vm))
+        .map(|vm| ObjectRef::from_obj(vm.as_ref()))
+        .collect()
+}
+
+pub(crate) fn vm_key(vm: &VirtualMachine) -> String {
+    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
+}
+
+pub(crate) async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = vm_key(&vm);
+    let api: Api<VirtualMachine> = Api::namespaced(
+        ctx.client.clone(),
+        vm.namespace().as_deref().unwrap_or_default(),
+    );
+    let action = finalizer(&api, VM_FINALIZER, vm, |event| async {
+        match event {
+            Event::Apply(vm) => apply(&vm, &ctx).await,
+            Event::Cleanup(vm) => cleanup(&vm, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|source| Error::Finalizer {
+        kind: "VirtualMachine",
+        name: key.clone(),
+        source: Box::new(source),
+    })?;
+    ctx.succeeded(&key);
+    Ok(action)
+}
+
+pub(crate) fn error_policy(vm: Arc<VirtualMachine>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = vm_key(&vm);
+    if error.category() == "waiting" {
+        return Action::requeue(REPLACING_RETRY);
+    }
+    warn!(vm = %key, category = error.category(), error = %error, "reconcile failed");
+    Action::requeue(ctx.failed(format!("VirtualMachine/{key}")))
+}
+
+async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
+    let key = vm_key(vm);
+    let current = vm.status.clone().unwrap_or_default();
+    let instances = instances(ctx, vm);
+
+    if vm.spec.run_strategy == RunStrategy::Halted {
+        ctx.assumed().forget(&key);
+        let instance_exists = delete_instance(&instances, vm).await?;
+        let observation = Observation::Halted { instance_exists };
+        update_status(ctx, vm, &current, observation, current.nics.clone()).await?;
+        return Ok(Action::await_change());
+    }
+
+    let resolved = match resolve(ctx, vm).await? {
+        Ok(resolved) => resolved,
+        Err(problem) => {
+            let observation = Observation::Blocked(problem);
+            update_status(ctx, vm, &current, observation, current.nics.clone()).await?;
+            return Ok(Action::requeue(BLOCKED_RETRY));
+        }
+    };
+
+    let host = match &current.host {
+        Some(host) => {
+            // Re-assert a placement made before a restart, until the cache shows its instance.
+            let placement = Placement {
+                host: host.clone(),
+                request: resolved.size,
+            };
+            let instance =
+                ObjectRef::new(&vm.name_any()).within(&vm.namespace().unwrap_or_default());
+            if ctx.vmis.get(&instance).is_none() {
+                ctx.assumed().assume(key.clone(), placement);
+            }
+            host.clone()
+        }
+        None => match schedule(ctx, &key, resolved.size, vm.spec.host.as_deref()).await {
+            Ok(host) => {
+                // The placement is recorded before anything else, so a crash after this point
+                // resumes on the same host instead of scheduling the VM again.
+                let placed = Observation::Placed {
+                    host: host.clone(),
+                    instance: None,
+                    host_connected: true,
+                };
+                if let Err(error) =
+                    update_status(ctx, vm, &current, placed, current.nics.clone()).await
+                {
+                    ctx.assumed().forget(&key);
+                    return Err(error);
+                }
+                host
+            }
+            Err(message) => {
+                let observation = Observation::Unschedulable(message);
+                update_status(ctx, vm, &current, observation, current.nics.clone()).await?;
+                return Ok(Action::requeue(UNSCHEDULABLE_RETRY));
+            }
+        },
+    };
+
+    let nics = match ipam::allocate(ctx, vm, &resolved.networks, &current.nics).await? {
+        Ok(nics) => nics,
+        Err(problem) => {
+            let observation = Observation::Blocked(problem);
+            update_status(ctx, vm, &current, observation, current.nics.clone()).await?;
+            return Ok(Action::requeue(BLOCKED_RETRY));
+        }
+    };
+
+    let desired = instance::build(vm, &host, &resolved, &nics);
+    let observation = match instance::apply(&instances, vm, desired).await? {
+        Applied::Current(reported) => Observation::Placed {
+            host_connected: host_connected(ctx, &host),
+            host,
+            instance: reported,
+        },
+        Applied::Replacing => {
+            let observation = Observation::Placed {
+                host,
+                instance: None,
+                host_connected: true,
+            };
+            update_status(ctx, vm, &current, observation, nics).await?;
+            return Ok(Action::requeue(REPLACING_RETRY));
+        }
+    };
+    update_status(ctx, vm, &current, observation, nics).await?;
+    // Instance reports, host state and reference changes all arrive as watch events.
+    Ok(Action::await_change())
+}
+
+async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
+    let key = vm_key(vm);
+    let current = vm.status.clone().unwrap_or_default();
+    update_status(
+        ctx,
+        vm,
+        &current,
+        Observation::Destroying,
+        current.nics.clone(),
+    )
+    .await?;
+    if delete_instance(&instances(ctx, vm), vm).await? {
+        // The agent's finalizer holds the instance until the hypervisor has destroyed it.
+        return Err(Error::InstanceStillExists { vm: key });
+    }
+    release_addresses(ctx, vm).await?;
+    ctx.assumed().forget(&key);
+    Ok(Action::await_change())
+}
+
+fn instances(ctx: &Context, vm: &VirtualMachine) -> Api<VirtualMachineInstance> {
+    Api::namespaced(
+        ctx.client.clone(),
+        vm.namespace().as_deref().unwrap_or_default(),
+    )
+}
+
+/// Asks for the VM's instance to be deleted; returns whether it still exists.
+async fn delete_instance(
+    api: &Api<VirtualMachineInstance>,
+    vm: &VirtualMachine,
+) -> Result<bool, Error> {
+    let name = vm.name_any();
+    let failed = |source| Error::Delete {
+        kind: "VirtualMachineInstance",
+        name: vm_key(vm),
+        source,
+    };
+    let Some(existing) = api.get_opt(&name).await.map_err(failed)? else {
+        return Ok(false);
+    };
+    if existing.metadata.deletion_timestamp.is_none() {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => return Ok(false),
+            Err(source) => return Err(failed(source)),
+        }
+    }
+    Ok(api.get_opt(&name).await.map_err(failed)?.is_some())
+}
+
+async fn release_addresses(ctx: &Context, vm: &VirtualMachine) -> Result<(), Error> {
+    let api: Api<IpAddress> = Api::all(ctx.client.clone());
+    let selector = format!("{}={}", ipam::LABEL_OWNER_UID, vm.uid().unwrap_or_default());
+    let held = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::List {
+            kind: "IpAddress",
+            owner: vm_key(vm),
+            source,
+        })?;
+    for ip in held {
+        let name = ip.name_any();
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: "IpAddress",
+                    name,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fetches and validates the offering, image and networks the VM names.
+async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, Problem>, Error> {
+    let Some(offering) = get::<InstanceOffering>(ctx, &vm.spec.instance_offering).await? else {
+        return Ok(Err(not_found(
+            "InstanceOffering",
+            &vm.spec.instance_offering,
+        )));
+    };
+    let memory = match quantity::parse_quantity(&offering.spec.memory) {
+        Ok(bytes) if bytes > 0 && offering.spec.cpu > 0 => bytes,
+        _ => {
+            return Ok(Err(Problem::new(
+                "InstanceOfferingInvalid",
+                format!(
+                    "InstanceOffering {:?} needs at least 1 cpu and a memory quantity, has cpu {} and memory {:?}",
+                    vm.spec.instance_offering, offering.spec.cpu, offering.spec.memory.0
+                ),
+            )))
+        }
+    };
+    let Some(image) = get::<Image>(ctx, &vm.spec.image).await? else {
+        return Ok(Err(not_found("Image", &vm.spec.image)));
+    };
+    let mut networks = Vec::with_capacity(vm.spec.nics.len());
+    for nic in &vm.spec.nics {
+        let Some(l3) = get::<L3Network>(ctx, &nic.l3_network).await? else {
+            return Ok(Err(not_found("L3Network", &nic.l3_network)));
+        };
+        match l3.spec.subnet() {
+            Ok(subnet) => networks.push(Network {
+                name: nic.l3_network.clone(),
+                subnet,
+            }),
+            Err(e) => {
+                return Ok(Err(Problem::new(
+                    "L3NetworkInvalid",
+                    format!("L3Network {:?} is invalid: {e}", nic.l3_network),
+                )))
+            }
+        }
+    }
+    Ok(Ok(Resolved {
+        size: Resources {
+            cpu: offering.spec.cpu,
+            memory,
+        },
+        memory: offering.spec.memory.clone(),
+        image_url: image.spec.url.clone(),
+        networks,
+    }))
+}
+
+fn not_found(kind: &'static str, name: &str) -> Problem {
+    let reason = match kind {
+        "InstanceOffering" => "InstanceOfferingNotFound",
+        "Image" => "ImageNotFound",
+        _ => "L3NetworkNotFound",
+    };
+    Problem::new(reason, format!("{kind} {name:?} not found"))
+}
+
+async fn get<K>(ctx: &Context, name: &str) -> Result<Option<K>, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::all(ctx.client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Get {
+            kind: <K as kube::Resource>::kind(&()).into_owned(),
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// Chooses a host and assumes the placement, atomically with respect to other VMs.
+async fn schedule(
+    ctx: &Context,
+    key: &str,
+    request: Resources,
+    pinned: Option<&str>,
+) -> Result<String, String> {
+    // Scheduling on half-filled caches would overcommit hosts.
+    if ctx.hosts.wait_until_ready().await.is_err() || ctx.vmis.wait_until_ready().await.is_err() {
+        return Err("the host and instance caches are not ready".into());
+    }
+    let mut assumed = ctx.assumed();
+    let placed = ctx.vmis.state();
+    let usage = assumed.usage(placed.iter().filter_map(|vmi| {
+        let memory = quantity::parse_quantity(&vmi.spec.memory).ok()?;
+        let key = format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any());
+        Some((
+            key,
+            vmi.spec.host.as_str(),
+            Resources {
+                cpu: vmi.spec.cpu,
+                memory,
+            },
+        ))
+    }));
+    let candidates: Vec<Candidate> = ctx
+        .hosts
+        .state()
+        .iter()
+        .map(|h| candidate(h, &usage))
+        .collect();
+    let host = schedule::pick(request, &candidates, pinned)?;
+    assumed.assume(
+        key.to_string(),
+        Placement {
+            host: host.clone(),
+            request,
+        },
+    );
+    Ok(host)
+}
+
+fn candidate(host: &Host, usage: &HashMap<String, Resources>) -> Candidate {
+    let name = host.name_any();
+    let status = host.status.as_ref();
+    let capacity = status.and_then(|s| s.capacity.as_ref()).and_then(|c| {
+        Some(Resources {
+            cpu: c.cpu,
+            memory: quantity::parse_quantity(&c.memory).ok()?,
+        })
+    });
+    Candidate {
+        ready: status.is_some_and(|s| s.state.as_deref() == Some(CONNECTED)),
+        enabled: host.spec.admin_state == "Enabled",
+        capacity,
+        used: usage.get(&name).copied().unwrap_or_default(),
+        name,
+    }
+}
+
+fn host_connected(ctx: &Context, host: &str) -> bool {
+    ctx.hosts.get(&ObjectRef::new(host)).is_some_and(|h| {
+        h.status
+            .as_ref()
+            .is_some_and(|s| s.state.as_deref() == Some(CONNECTED))
+    })
+}
+
+/// Writes the status `observation` leads to, if it differs, and records the transitions.
+async fn update_status(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    current: &VirtualMachineStatus,
+    observation: Observation,
+    nics: Vec<strata_apis::VmNicStatus>,
+) -> Result<(), Error> {
+    let new = status::compute(
+        current,
+        observation,
+        nics,
+        vm.metadata.generation,
+        Timestamp::now(),
+    );
+    if &new == current {
+        return Ok(());
+    }
+    let mut patch = serde_json::to_value(&new).unwrap_or_default();
+    // `host` is omitted when empty; a merge patch must say null to clear it.
+    patch["host"] = json!(new.host);
+    let api: Api<VirtualMachine> = Api::namespaced(
+        ctx.client.clone(),
+        vm.namespace().as_deref().unwrap_or_default(),
+    );
+    api.patch_status(
+        &vm.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": patch })),
+    )
+    .await
+    .map_err(|source| Error::UpdateStatus {
+        kind: "VirtualMachine",
+        name: vm_key(vm),
+        source,
+    })?;
+    events::publish(&ctx.recorder, vm, status::transitions(current, &new)).await;
+    Ok(())
+}

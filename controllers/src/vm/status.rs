@@ -1,0 +1,432 @@
+//! The VM's status, computed in one place from what the reconcile found, and the Events its
+//! transitions deserve.
+
+use k8s_openapi::jiff::Timestamp;
+use strata_apis::{
+    condition::{READY, SCHEDULED},
+    VirtualMachineInstanceStatus, VirtualMachineStatus, VmNicStatus, VmPhase, VmiPhase,
+};
+
+use super::Problem;
+use crate::{
+    conditions::{self, Desired},
+    events::Transition,
+};
+
+/// Where the reconcile of a VM got to.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Observation {
+    /// A reference is missing or invalid, or an address range is exhausted.
+    Blocked(Problem),
+    /// No host fits; the message says why.
+    Unschedulable(String),
+    /// Placed on `host`; the instance reports `instance` (None until it exists).
+    Placed {
+        host: String,
+        instance: Option<VirtualMachineInstanceStatus>,
+        host_connected: bool,
+    },
+    /// `runStrategy: Halted`; the instance may still be going away.
+    Halted { instance_exists: bool },
+    /// Deleted; waiting for the instance to be destroyed.
+    Destroying,
+}
+
+/// The phase and Ready condition of a placed VM, from its host and instance.
+pub(crate) fn placed_phase(
+    host: &str,
+    instance: Option<&VirtualMachineInstanceStatus>,
+    host_connected: bool,
+) -> (VmPhase, Desired) {
+    let ready =
+        |status, reason: &str, message: String| Desired::new(READY, status, reason, message);
+    if !host_connected {
+        return (
+            VmPhase::Unknown,
+            ready(
+                false,
+                "HostDisconnected",
+                format!("host {host} stopped sending heartbeats"),
+            ),
+        );
+    }
+    let Some(instance) = instance else {
+        return (
+            VmPhase::Starting,
+            ready(
+                false,
+                "Starting",
+                "waiting for the instance to be created".into(),
+            ),
+        );
+    };
+    match instance.phase {
+        VmiPhase::Pending => (
+            VmPhase::Starting,
+            ready(
+                false,
+                "Starting",
+                format!("waiting for host {host} to pick up the instance"),
+            ),
+        ),
+        VmiPhase::Starting => (
+            VmPhase::Starting,
+            ready(
+                false,
+                "Starting",
+                format!("host {host} is starting the instance"),
+            ),
+        ),
+        VmiPhase::Running => (
+            VmPhase::Running,
+            ready(true, "Running", format!("running on host {host}")),
+        ),
+        VmiPhase::Stopped => (
+            VmPhase::Stopped,
+            ready(
+                false,
+                "InstanceStopped",
+                format!("the instance on host {host} is not running"),
+            ),
+        ),
+        VmiPhase::Failed => {
+            let reported = conditions::get(&instance.conditions, READY);
+            (
+                VmPhase::Error,
+                ready(
+                    false,
+                    reported.map_or("InstanceFailed", |c| c.reason.as_str()),
+                    reported.map_or_else(
+                        || format!("host {host} failed to run the instance"),
+                        |c| c.message.clone(),
+                    ),
+                ),
+            )
+        }
+    }
+}
+
+/// The status that reports `observation`, with `nics` as allocated so far.
+pub(crate) fn compute(
+    current: &VirtualMachineStatus,
+    observation: Observation,
+    nics: Vec<VmNicStatus>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> VirtualMachineStatus {
+    let mut status = current.clone();
+    status.observed_generation = generation;
+    status.nics = nics;
+    let mut set = |desired| conditions::set(&mut status.conditions, desired, generation, now);
+    let (phase, host) = match observation {
+        Observation::Blocked(problem) => {
+            if current.host.is_none() {
+                set(Desired::new(
+                    SCHEDULED,
+                    false,
+                    problem.reason,
+                    problem.message.clone(),
+                ));
+            }
+            set(Desired::new(READY, false, problem.reason, problem.message));
+            (VmPhase::Pending, current.host.clone())
+        }
+        Observation::Unschedulable(message) => {
+            set(Desired::new(
+                SCHEDULED,
+                false,
+                "Unschedulable",
+                message.clone(),
+            ));
+            set(Desired::new(READY, false, "Unschedulable", message));
+            (VmPhase::Pending, None)
+        }
+        Observation::Placed {
+            host,
+            instance,
+            host_connected,
+        } => {
+            set(Desired::new(
+                SCHEDULED,
+                true,
+                "Scheduled",
+                format!("placed on host {host}"),
+            ));
+            let (phase, ready) = placed_phase(&host, instance.as_ref(), host_connected);
+            set(ready);
+            (phase, Some(host))
+        }
+        Observation::Halted { instance_exists } => {
+            let message = "runStrategy is Halted";
+            set(Desired::new(SCHEDULED, false, "Halted", message));
+            set(Desired::new(READY, false, "Halted", message));
+            let phase = if instance_exists {
+                VmPhase::Stopping
+            } else {
+                VmPhase::Stopped
+            };
+            (phase, None)
+        }
+        Observation::Destroying => {
+            set(Desired::new(
+                READY,
+                false,
+                "Destroying",
+                "the VM is being deleted",
+            ));
+            (VmPhase::Destroying, current.host.clone())
+        }
+    };
+    status.phase = phase;
+    status.host = host;
+    status
+}
+
+/// The Events for going from `old` to `new`.
+pub(crate) fn transitions(
+    old: &VirtualMachineStatus,
+    new: &VirtualMachineStatus,
+) -> Vec<Transition> {
+    let mut events = Vec::new();
+    if let (false, Some(host)) = (conditions::is_true(&old.conditions, SCHEDULED), &new.host) {
+        if conditions::is_true(&new.conditions, SCHEDULED) {
+            events.push(Transition::normal(
+                "Scheduled",
+                format!("placed on host {host}"),
+            ));
+        }
+    }
+    let added: Vec<String> = new
+        .nics
+        .iter()
+        .filter(|nic| !old.nics.contains(nic))
+        .map(|nic| {
+            format!(
+                "{} on L3Network {} (MAC {})",
+                nic.ip, nic.l3_network, nic.mac
+            )
+        })
+        .collect();
+    if !added.is_empty() {
+        events.push(Transition::normal("IPAllocated", added.join(", ")));
+    }
+    let ready = conditions::get(&new.conditions, READY);
+    let old_ready = conditions::get(&old.conditions, READY);
+    let message = ready.map(|c| c.message.clone()).unwrap_or_default();
+    if new.phase != old.phase {
+        match new.phase {
+            VmPhase::Running => events.push(Transition::normal("Started", message.clone())),
+            VmPhase::Error => events.push(Transition::warning("Failed", message.clone())),
+            VmPhase::Stopped => events.push(Transition::normal("Stopped", message.clone())),
+            VmPhase::Unknown => {
+                events.push(Transition::warning("HostDisconnected", message.clone()))
+            }
+            _ => {}
+        }
+    }
+    if new.phase == VmPhase::Pending {
+        if let Some(ready) = ready.filter(|r| old_ready.is_none_or(|o| o.reason != r.reason)) {
+            events.push(Transition::warning(ready.reason.clone(), message));
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::SignedDuration;
+
+    use super::*;
+
+    fn vmi(phase: VmiPhase) -> VirtualMachineInstanceStatus {
+        VirtualMachineInstanceStatus {
+            phase,
+            ..VirtualMachineInstanceStatus::default()
+        }
+    }
+
+    fn placed(phase: Option<VmiPhase>, host_connected: bool) -> Observation {
+        Observation::Placed {
+            host: "h1".into(),
+            instance: phase.map(vmi),
+            host_connected,
+        }
+    }
+
+    fn nic() -> VmNicStatus {
+        VmNicStatus {
+            l3_network: "net".into(),
+            ip: "10.0.0.10".into(),
+            mac: "fa:16:0a:00:00:0a".into(),
+        }
+    }
+
+    fn reasons(events: &[Transition]) -> Vec<&str> {
+        events.iter().map(|e| e.reason.as_str()).collect()
+    }
+
+    #[test]
+    fn instance_phases_map_to_vm_phases() {
+        let phase =
+            |p: Option<VmiPhase>, connected| placed_phase("h1", p.map(vmi).as_ref(), connected).0;
+        assert_eq!(phase(None, true), VmPhase::Starting);
+        assert_eq!(phase(Some(VmiPhase::Pending), true), VmPhase::Starting);
+        assert_eq!(phase(Some(VmiPhase::Starting), true), VmPhase::Starting);
+        assert_eq!(phase(Some(VmiPhase::Running), true), VmPhase::Running);
+        assert_eq!(phase(Some(VmiPhase::Stopped), true), VmPhase::Stopped);
+        assert_eq!(phase(Some(VmiPhase::Failed), true), VmPhase::Error);
+        assert_eq!(phase(Some(VmiPhase::Running), false), VmPhase::Unknown);
+        assert!(
+            placed_phase("h1", Some(&vmi(VmiPhase::Running)), true)
+                .1
+                .status
+        );
+    }
+
+    #[test]
+    fn a_failed_instance_passes_its_reason_on() {
+        let mut failed = vmi(VmiPhase::Failed);
+        crate::conditions::set(
+            &mut failed.conditions,
+            Desired::new(READY, false, "InsufficientResources", "does not fit"),
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        let (phase, ready) = placed_phase("h1", Some(&failed), true);
+        assert_eq!(phase, VmPhase::Error);
+        assert_eq!(
+            (ready.reason.as_str(), ready.message.as_str()),
+            ("InsufficientResources", "does not fit")
+        );
+    }
+
+    #[test]
+    fn a_vm_goes_pending_scheduled_running_with_one_event_each() {
+        let t = |s| Timestamp::UNIX_EPOCH + SignedDuration::from_secs(s);
+        let start = VirtualMachineStatus::default();
+        let pending = compute(
+            &start,
+            Observation::Blocked(Problem::new(
+                "L3NetworkNotFound",
+                "L3Network \"net\" not found",
+            )),
+            vec![],
+            Some(1),
+            t(0),
+        );
+        assert_eq!(pending.phase, VmPhase::Pending);
+        let scheduled = conditions::get(&pending.conditions, SCHEDULED).expect("Scheduled");
+        assert_eq!(
+            (scheduled.status.as_str(), scheduled.reason.as_str()),
+            ("False", "L3NetworkNotFound")
+        );
+        assert_eq!(
+            reasons(&transitions(&start, &pending)),
+            ["L3NetworkNotFound"]
+        );
+        assert!(
+            transitions(&pending, &pending).is_empty(),
+            "no event without a transition"
+        );
+
+        let starting = compute(&pending, placed(None, true), vec![nic()], Some(1), t(1));
+        assert_eq!(starting.phase, VmPhase::Starting);
+        assert_eq!(starting.host.as_deref(), Some("h1"));
+        assert_eq!(
+            reasons(&transitions(&pending, &starting)),
+            ["Scheduled", "IPAllocated"]
+        );
+
+        let running = compute(
+            &starting,
+            placed(Some(VmiPhase::Running), true),
+            vec![nic()],
+            Some(1),
+            t(2),
+        );
+        assert_eq!(running.phase, VmPhase::Running);
+        assert!(conditions::is_true(&running.conditions, READY));
+        assert_eq!(reasons(&transitions(&starting, &running)), ["Started"]);
+        let ready = conditions::get(&running.conditions, READY).expect("Ready");
+        assert_eq!(ready.last_transition_time.0, t(2));
+        let scheduled = conditions::get(&running.conditions, SCHEDULED).expect("Scheduled");
+        assert_eq!(
+            scheduled.last_transition_time.0,
+            t(1),
+            "unchanged since scheduling"
+        );
+    }
+
+    #[test]
+    fn unschedulable_and_halted_vms_have_no_host() {
+        let placed = compute(
+            &VirtualMachineStatus::default(),
+            placed(None, true),
+            vec![],
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        let unschedulable = compute(
+            &VirtualMachineStatus::default(),
+            Observation::Unschedulable("0/3 hosts fit: 3 insufficient memory".into()),
+            vec![],
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            (unschedulable.phase, unschedulable.host.as_deref()),
+            (VmPhase::Pending, None)
+        );
+        let ready = conditions::get(&unschedulable.conditions, READY).expect("Ready");
+        assert_eq!(ready.reason, "Unschedulable");
+        assert_eq!(ready.message, "0/3 hosts fit: 3 insufficient memory");
+
+        let stopping = compute(
+            &placed,
+            Observation::Halted {
+                instance_exists: true,
+            },
+            vec![],
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            (stopping.phase, stopping.host.as_deref()),
+            (VmPhase::Stopping, None)
+        );
+        let stopped = compute(
+            &stopping,
+            Observation::Halted {
+                instance_exists: false,
+            },
+            vec![],
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(stopped.phase, VmPhase::Stopped);
+        assert_eq!(reasons(&transitions(&stopping, &stopped)), ["Stopped"]);
+    }
+
+    #[test]
+    fn a_disconnected_host_makes_the_vm_unknown() {
+        let running = compute(
+            &VirtualMachineStatus::default(),
+            placed(Some(VmiPhase::Running), true),
+            vec![],
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        let unknown = compute(
+            &running,
+            placed(Some(VmiPhase::Running), false),
+            vec![],
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(unknown.phase, VmPhase::Unknown);
+        assert_eq!(
+            reasons(&transitions(&running, &unknown)),
+            ["HostDisconnected"]
+        );
+    }
+}
