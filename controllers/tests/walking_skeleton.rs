@@ -1,0 +1,354 @@
+//! The walking skeleton end to end in one process: the API server, the controllers and two
+//! agents with simulated hypervisors. VMs are created through the API and the test waits on
+//! the status the controllers report.
+
+use std::{collections::BTreeSet, future::Future, net::Ipv4Addr, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
+};
+use kube::{
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    Api, Client, Resource, ResourceExt,
+};
+use serde_json::json;
+use strata_apis::{
+    condition::{LABEL_L3_NETWORK, READY},
+    Cluster, ClusterSpec, Host, HostCapacity, Image, ImageSpec, InstanceOffering,
+    InstanceOfferingSpec, IpAddress, IpRange, L3Network, L3NetworkSpec, RunStrategy,
+    VirtualMachine, VirtualMachineInstance, VirtualMachineSpec, VmNic, VmPhase, Zone, ZoneSpec,
+};
+use strata_controllers::ControllerOptions;
+use strata_node_agent::{Agent, AgentConfig, SimDriver};
+use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
+
+const NS: &str = "it-walking-skeleton";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Plane {
+    client: Client,
+    drivers: Vec<Arc<SimDriver>>,
+    tasks: Vec<JoinHandle<()>>,
+    _stop_server: oneshot::Sender<()>,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn capacity(cpu: i64, memory: &str) -> HostCapacity {
+    HostCapacity {
+        cpu,
+        memory: Quantity(memory.into()),
+    }
+}
+
+async fn start(hosts: &[&str]) -> Plane {
+    let data = tempfile::tempdir().expect("temp dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    let opts = strata_apiserver::ServeOptions {
+        data_dir: data.path().to_path_buf(),
+        bearer_token: None,
+        crds: strata_apis::crds(),
+    };
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(error) = strata_apiserver::serve(opts, listener, shutdown).await {
+            panic!("api server failed: {error}");
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}").parse().expect("url");
+    let client = Client::try_from(kube::Config::new(url)).expect("client");
+    wait_for(&client, "the API server to serve CRDs", || async {
+        Api::<VirtualMachine>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()
+    })
+    .await;
+
+    let mut tasks = vec![server];
+    let controllers = client.clone();
+    tasks.push(tokio::spawn(async move {
+        strata_controllers::run(controllers, ControllerOptions::default())
+            .await
+            .expect("controllers run");
+    }));
+    let mut drivers = Vec::new();
+    for host in hosts {
+        let cap = capacity(4, "4Gi");
+        let driver = Arc::new(SimDriver::new(&cap).expect("capacity"));
+        drivers.push(driver.clone());
+        let agent = Agent::new(
+            client.clone(),
+            AgentConfig::new(*host, "cluster-1", cap),
+            driver,
+        );
+        tasks.push(tokio::spawn(async move {
+            agent.run().await.expect("agent runs");
+        }));
+    }
+    Plane {
+        client,
+        drivers,
+        tasks,
+        _stop_server: stop_server,
+        _data: data,
+    }
+}
+
+/// Polls `check` until it returns a value, failing with a dump of every VM at the deadline.
+async fn wait_for<T, F, Fut>(client: &Client, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            let vms = Api::<VirtualMachine>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .map(|vm| (vm.name_any(), vm.status))
+                        .collect::<Vec<_>>()
+                });
+            let hosts = Api::<Host>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .map(|h| (h.name_any(), h.status))
+                        .collect::<Vec<_>>()
+                });
+            panic!("timed out waiting for {what}\nVMs: {vms:#?}\nHosts: {hosts:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create<K>(api: &Api<K>, object: K) -> K
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("create {}: {e}", object.name_any()))
+}
+
+async fn inventory(client: &Client) {
+    create(
+        &Api::all(client.clone()),
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(NS.into()),
+                labels: Some([("strata.io/test".to_string(), "integration".to_string())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        },
+    )
+    .await;
+    create(
+        &Api::all(client.clone()),
+        Zone::new("zone-1", ZoneSpec::default()),
+    )
+    .await;
+    let cluster = ClusterSpec {
+        zone: "zone-1".into(),
+        hypervisor_type: "KVM".into(),
+    };
+    create(
+        &Api::all(client.clone()),
+        Cluster::new("cluster-1", cluster),
+    )
+    .await;
+    let offerings: Api<InstanceOffering> = Api::all(client.clone());
+    for (name, memory) in [("small", "1Gi"), ("huge", "64Gi")] {
+        let spec = InstanceOfferingSpec {
+            cpu: 1,
+            memory: Quantity(memory.into()),
+        };
+        create(&offerings, InstanceOffering::new(name, spec)).await;
+    }
+    let image = ImageSpec {
+        url: "file:///images/tiny.qcow2".into(),
+        format: "qcow2".into(),
+        checksum: None,
+    };
+    create(&Api::all(client.clone()), Image::new("tiny", image)).await;
+    let net = L3NetworkSpec {
+        cidr: "10.10.0.0/24".into(),
+        gateway: "10.10.0.1".into(),
+        ip_range: IpRange {
+            start: "10.10.0.10".into(),
+            end: "10.10.0.250".into(),
+        },
+    };
+    create(&Api::all(client.clone()), L3Network::new("net-1", net)).await;
+}
+
+fn vm(name: &str, offering: &str, l3: &str) -> VirtualMachine {
+    VirtualMachine::new(
+        name,
+        VirtualMachineSpec {
+            instance_offering: offering.into(),
+            image: "tiny".into(),
+            nics: vec![VmNic {
+                l3_network: l3.into(),
+            }],
+            run_strategy: RunStrategy::Always,
+            host: None,
+        },
+    )
+}
+
+async fn wait_phase(client: &Client, name: &str, phase: VmPhase) -> VirtualMachine {
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    wait_for(client, &format!("{name} to be {phase:?}"), || async {
+        let vm = vms.get_opt(name).await.ok()??;
+        (vm.status.as_ref()?.phase == phase).then_some(vm)
+    })
+    .await
+}
+
+fn ready_reason(vm: &VirtualMachine) -> (String, String) {
+    vm.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+async fn wait_pending_with(client: &Client, name: &str, reason: &str) -> String {
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    wait_for(
+        client,
+        &format!("{name} to be Pending with {reason}"),
+        || async {
+            let vm = vms.get_opt(name).await.ok()??;
+            let (got, message) = ready_reason(&vm);
+            (vm.status.as_ref()?.phase == VmPhase::Pending && got == reason).then_some(message)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vms_are_placed_addressed_run_and_cleaned_up() {
+    let plane = start(&["host-a", "host-b"]).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+
+    // Five 1-cpu/1Gi VMs on two 4-cpu/4Gi hosts: they fit, spread over both.
+    let names: Vec<String> = (0..5).map(|i| format!("vm-{i}")).collect();
+    for name in &names {
+        create(&vms, vm(name, "small", "net-1")).await;
+    }
+    create(&vms, vm("vm-huge", "huge", "net-1")).await;
+    create(&vms, vm("vm-lost", "small", "no-such-net")).await;
+
+    let mut ips = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    for name in &names {
+        let running = wait_phase(&client, name, VmPhase::Running).await;
+        let status = running.status.expect("status");
+        hosts.insert(status.host.expect("a host"));
+        let nic = status.nics.first().expect("one NIC");
+        let ip: Ipv4Addr = nic.ip.parse().expect("an IPv4 address");
+        assert!(
+            (Ipv4Addr::new(10, 10, 0, 10)..=Ipv4Addr::new(10, 10, 0, 250)).contains(&ip),
+            "{ip} is outside the range"
+        );
+        assert!(nic.mac.starts_with("fa:16:"), "{}", nic.mac);
+        assert!(ips.insert(ip), "{ip} was handed out twice");
+        let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), NS)
+            .get(name)
+            .await
+            .expect("the instance exists");
+        assert_eq!(vmi.spec.nics[0].ip, ip.to_string());
+        assert_eq!(vmi.spec.nics[0].gateway, "10.10.0.1");
+        assert_eq!(vmi.spec.nics[0].prefix_length, 24);
+    }
+    assert_eq!(hosts.len(), 2, "VMs spread over both hosts: {hosts:?}");
+    let domains: usize = plane.drivers.iter().map(|d| d.domains().len()).sum();
+    assert_eq!(domains, 5);
+
+    let message = wait_pending_with(&client, "vm-huge", "Unschedulable").await;
+    assert_eq!(message, "0/2 hosts fit: 2 insufficient memory");
+    let message = wait_pending_with(&client, "vm-lost", "L3NetworkNotFound").await;
+    assert!(message.contains("no-such-net"), "{message}");
+
+    let l3s: Api<L3Network> = Api::all(client.clone());
+    wait_for(&client, "net-1 to count 5 used addresses", || async {
+        let status = l3s.get("net-1").await.ok()?.status?;
+        (status.used_ips == Some(5) && status.total_ips == Some(241)).then_some(())
+    })
+    .await;
+    let host_api: Api<Host> = Api::all(client.clone());
+    wait_for(&client, "hosts to report their allocation", || async {
+        let mut count = 0;
+        for host in ["host-a", "host-b"] {
+            let status = host_api.get(host).await.ok()?.status?;
+            if status.state.as_deref() != Some("Connected") {
+                return None;
+            }
+            count += status.vm_count?;
+        }
+        (count == 5).then_some(())
+    })
+    .await;
+
+    // Halting a VM removes its instance but keeps its address.
+    let halt = json!({ "spec": { "runStrategy": "Halted" } });
+    vms.patch("vm-1", &PatchParams::default(), &Patch::Merge(halt))
+        .await
+        .expect("halt vm-1");
+    let stopped = wait_phase(&client, "vm-1", VmPhase::Stopped).await;
+    assert_eq!(stopped.status.expect("status").nics.len(), 1);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), NS);
+    assert!(vmis.get_opt("vm-1").await.expect("get").is_none());
+
+    // Deleting a VM destroys its instance and releases its address.
+    let doomed = vms.get("vm-0").await.expect("vm-0");
+    let uid = doomed.uid().expect("uid");
+    vms.delete("vm-0", &DeleteParams::default())
+        .await
+        .expect("delete vm-0");
+    wait_for(&client, "vm-0 to be gone", || async {
+        vms.get_opt("vm-0").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(vmis.get_opt("vm-0").await.expect("get").is_none());
+    let owned = Api::<IpAddress>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{LABEL_L3_NETWORK}=net-1")))
+        .await
+        .expect("list addresses");
+    assert!(
+        owned.items.iter().all(|ip| ip.spec.owner_uid != uid),
+        "vm-0's address was not released"
+    );
+    assert!(plane
+        .drivers
+        .iter()
+        .all(|d| !d.domains().contains(&format!("{NS}.vm-0"))));
+}
