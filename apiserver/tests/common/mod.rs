@@ -24,18 +24,28 @@ pub async fn start(data_dir: &Path) -> TestServer {
 }
 
 pub async fn start_with(data_dir: &Path, limits: Limits) -> TestServer {
+    start_full(data_dir, limits, Some(TOKEN)).await
+}
+
+/// Without a token: kubectl (client-go) never sends bearer tokens over plain HTTP
+/// (kubernetes/kubectl#744), so the kubectl tests need an open server.
+pub async fn start_open(data_dir: &Path) -> TestServer {
+    start_full(data_dir, Limits::default(), None).await
+}
+
+async fn start_full(data_dir: &Path, limits: Limits, token: Option<&str>) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = oneshot::channel::<()>();
     let opts = ServeOptions {
         data_dir: data_dir.to_path_buf(),
-        bearer_token: Some(TOKEN.to_string()),
+        bearer_token: token.map(str::to_string),
         crds: strata_apis::crds(),
     };
     let handle = tokio::spawn(serve_with_limits(opts, limits, listener, async {
         let _ = rx.await;
     }));
-    let client = client(&url, Some(TOKEN));
+    let client = client(&url, token);
     // Wait for readiness: the listener is bound already, so the first request succeeds as soon
     // as start-up (store open, CRD install) is done.
     client

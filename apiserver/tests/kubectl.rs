@@ -1,0 +1,273 @@
+//! Smoke test with the real kubectl binaries against the in-process server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SDK: &str = "/usr/lib/google-cloud-sdk/bin";
+
+fn find_kubectl(version: Option<&str>) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match version {
+        Some(v) => vec![PathBuf::from(format!("{SDK}/kubectl.{v}"))],
+        None => {
+            let mut c = vec![PathBuf::from(format!("{SDK}/kubectl.1.33"))];
+            if let Some(path) = std::env::var_os("PATH") {
+                c.extend(std::env::split_paths(&path).map(|d| d.join("kubectl")));
+            }
+            c
+        }
+    };
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+    dir: PathBuf,
+}
+
+impl Kubectl {
+    fn new(bin: PathBuf, url: &str, dir: &Path, name: &str) -> Kubectl {
+        let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+        let cfg = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: strata\n  cluster:\n    server: {url}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: strata\n  context:\n    cluster: strata\n    user: admin\n    namespace: default\ncurrent-context: strata\n",
+            common::TOKEN
+        );
+        std::fs::write(&kubeconfig, cfg).expect("write kubeconfig");
+        Kubectl {
+            bin,
+            kubeconfig,
+            cache: dir.join(format!("{name}-cache")),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Runs kubectl off the async runtime; returns (success, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args)
+            .current_dir(&self.dir);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("join")
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args).await;
+        if !ok {
+            // Re-run verbosely so the failure shows the HTTP exchange.
+            let mut verbose = args.to_vec();
+            verbose.push("-v=8");
+            let (_, _, trace) = self.run(&verbose).await;
+            panic!("kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}\ntrace:\n{trace}");
+        }
+        out
+    }
+
+    fn write(&self, name: &str, content: &str) -> String {
+        let p = self.dir.join(name);
+        std::fs::write(&p, content).expect("write manifest");
+        p.to_string_lossy().into_owned()
+    }
+}
+
+const VM: &str = "apiVersion: strata.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: vm1
+  labels:
+    app: web
+spec:
+  instanceOffering: small
+  image: cirros
+  nics:
+  - l3Network: flat
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_get_delete() {
+    let Some(bin) = find_kubectl(None) else {
+        eprintln!("SKIPPED: no kubectl binary found in {SDK} or on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = common::start_open(&dir.path().join("data")).await;
+    let k = Kubectl::new(bin, &srv.url, dir.path(), "latest");
+
+    let vm = k.write("vm.yaml", VM);
+    assert!(k
+        .ok(&["apply", "-f", &vm])
+        .await
+        .contains("virtualmachine.strata.io/vm1 created"));
+
+    let table = k.ok(&["get", "vm"]).await;
+    for header in ["NAME", "PHASE", "HOST", "IP", "AGE"] {
+        assert!(table.contains(header), "missing {header} in:\n{table}");
+    }
+    assert!(table.contains("vm1"));
+    assert!(
+        !table.contains("OFFERING"),
+        "priority columns only with -o wide:\n{table}"
+    );
+    let wide = k.ok(&["get", "vms", "-o", "wide"]).await;
+    assert!(
+        wide.contains("OFFERING") && wide.contains("small"),
+        "{wide}"
+    );
+
+    let yaml = k.ok(&["get", "vm", "vm1", "-o", "yaml"]).await;
+    assert!(yaml.contains("kind: VirtualMachine"), "{yaml}");
+    assert!(yaml.contains("image: cirros"), "{yaml}");
+
+    // Re-applying a changed file patches it (client-side 3-way merge patch).
+    let changed = k.write("vm2.yaml", &VM.replace("image: cirros", "image: debian"));
+    assert!(k
+        .ok(&["apply", "-f", &changed])
+        .await
+        .contains("configured"));
+    assert!(k
+        .ok(&["get", "vm", "vm1", "-o", "jsonpath={.spec.image}"])
+        .await
+        .contains("debian"));
+    assert!(k.ok(&["apply", "-f", &changed]).await.contains("unchanged"));
+
+    // Server-side apply, merge and json patches, labels.
+    k.ok(&["apply", "--server-side", "-f", &vm]).await;
+    k.ok(&[
+        "patch",
+        "vm",
+        "vm1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Halted"}}"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "vm",
+        "vm1",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/image","value":"alpine"}]"#,
+    ])
+    .await;
+    let (ok, _, err) = k
+        .run(&["patch", "vm", "vm1", "-p", r#"{"spec":{"image":"x"}}"#])
+        .await;
+    assert!(
+        !ok && err.contains("unknown format"),
+        "strategic merge patch is refused: {err}"
+    );
+    k.ok(&["label", "vm", "vm1", "tier=front"]).await;
+    assert!(k
+        .ok(&["get", "vm", "-l", "tier=front", "-o", "name"])
+        .await
+        .contains("virtualmachine.strata.io/vm1"));
+
+    // Strict validation of unknown fields, as kubectl asks for it.
+    let bad = k.write(
+        "bad.yaml",
+        &VM.replace("name: vm1", "name: vm9")
+            .replace("image: cirros", "image: cirros\n  foo: 1"),
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", &bad]).await;
+    assert!(!ok && err.contains("unknown field \"spec.foo\""), "{err}");
+
+    // Discovery and OpenAPI consumers.
+    let resources = k.ok(&["api-resources"]).await;
+    assert!(
+        resources.contains("virtualmachines") && resources.contains("namespaces"),
+        "{resources}"
+    );
+    let explain = k.ok(&["explain", "vm.spec"]).await;
+    assert!(explain.contains("Name of the Image"), "{explain}");
+
+    assert!(k.ok(&["delete", "vm", "vm1"]).await.contains("deleted"));
+    let (ok, _, err) = k.run(&["get", "vm", "vm1"]).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+
+    // Older kubectl needs /openapi/v2 for apply.
+    if let Some(old) = find_kubectl(Some("1.27")) {
+        let k127 = Kubectl::new(old, &srv.url, dir.path(), "k127");
+        assert!(k127.ok(&["apply", "-f", &vm]).await.contains("created"));
+        assert!(k127.ok(&["get", "vm"]).await.contains("vm1"));
+        k127.ok(&["delete", "vm", "vm1"]).await;
+    } else {
+        eprintln!("kubectl 1.27 not found; skipping the 1.27 part");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_installs_a_crd_and_waits_for_it() {
+    let Some(bin) = find_kubectl(None) else {
+        eprintln!("SKIPPED: no kubectl binary found in {SDK} or on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = common::start_open(&dir.path().join("data")).await;
+    let k = Kubectl::new(bin, &srv.url, dir.path(), "crd");
+    let crd = k.write(
+        "crd.yaml",
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets, singular: widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer, minimum: 1}
+",
+    );
+    k.ok(&["apply", "-f", &crd]).await;
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ])
+    .await;
+    let w = k.write(
+        "w.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n",
+    );
+    k.ok(&["apply", "-f", &w]).await;
+    let table = k.ok(&["get", "wd"]).await;
+    assert!(table.contains("SIZE") && table.contains('3'), "{table}");
+    let bad = k.write(
+        "bad.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2}\nspec: {size: 0}\n",
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", &bad]).await;
+    assert!(!ok && err.contains("spec.size"), "{err}");
+    srv.stop().await;
+}
