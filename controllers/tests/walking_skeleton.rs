@@ -49,7 +49,7 @@ fn capacity(cpu: i64, memory: &str) -> HostCapacity {
     }
 }
 
-async fn start(hosts: &[&str]) -> Plane {
+async fn start(hosts: &[&str], heartbeat: Duration) -> Plane {
     let data = tempfile::tempdir().expect("temp dir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -91,11 +91,11 @@ async fn start(hosts: &[&str]) -> Plane {
         let cap = capacity(4, "4Gi");
         let driver = Arc::new(SimDriver::new(&cap).expect("capacity"));
         drivers.push(driver.clone());
-        let agent = Agent::new(
-            client.clone(),
-            AgentConfig::new(*host, "cluster-1", cap),
-            driver,
-        );
+        let config = AgentConfig {
+            heartbeat_interval: heartbeat,
+            ..AgentConfig::new(*host, "cluster-1", cap)
+        };
+        let agent = Agent::new(client.clone(), config, driver);
         tasks.push(tokio::spawn(async move {
             agent.run().await.expect("agent runs");
         }));
@@ -254,7 +254,7 @@ async fn wait_pending_with(client: &Client, name: &str, reason: &str) -> String 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_are_placed_addressed_run_and_cleaned_up() {
-    let plane = start(&["host-a", "host-b"]).await;
+    let plane = start(&["host-a", "host-b"], Duration::from_secs(10)).await;
     let client = plane.client.clone();
     inventory(&client).await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
@@ -292,6 +292,24 @@ async fn vms_are_placed_addressed_run_and_cleaned_up() {
     assert_eq!(hosts.len(), 2, "VMs spread over both hosts: {hosts:?}");
     let domains: usize = plane.drivers.iter().map(|d| d.domains().len()).sum();
     assert_eq!(domains, 5);
+
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    wait_for(&client, "events for vm-2", || async {
+        let reasons: BTreeSet<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("vm-2"))
+            .filter_map(|e| e.reason)
+            .collect();
+        ["Scheduled", "IPAllocated", "Started"]
+            .iter()
+            .all(|r| reasons.contains(*r))
+            .then_some(())
+    })
+    .await;
 
     let message = wait_pending_with(&client, "vm-huge", "Unschedulable").await;
     assert_eq!(message, "0/2 hosts fit: 2 insufficient memory");
@@ -351,4 +369,28 @@ async fn vms_are_placed_addressed_run_and_cleaned_up() {
         .drivers
         .iter()
         .all(|d| !d.domains().contains(&format!("{NS}.vm-0"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_host_turns_disconnected_and_its_vms_unknown() {
+    // A 250 ms heartbeat gives a 1 s lease.
+    let plane = start(&["host-x"], Duration::from_millis(250)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    create(&vms, vm("vm-x", "small", "net-1")).await;
+    wait_phase(&client, "vm-x", VmPhase::Running).await;
+
+    // The agent is the last task: stopping it stops the heartbeats, and nothing else changes.
+    plane.tasks.last().expect("the agent").abort();
+    let hosts: Api<Host> = Api::all(client.clone());
+    wait_for(&client, "host-x to be Disconnected", || async {
+        let status = hosts.get("host-x").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == READY)?;
+        (status.state.as_deref() == Some("Disconnected") && ready.reason == "HeartbeatExpired")
+            .then_some(())
+    })
+    .await;
+    let unknown = wait_phase(&client, "vm-x", VmPhase::Unknown).await;
+    assert_eq!(ready_reason(&unknown).0, "HostDisconnected");
 }
