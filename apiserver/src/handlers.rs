@@ -175,21 +175,16 @@ async fn group_resource(
     resource(app, &group, &version, &path, query, method, headers, body).await
 }
 
+/// (resource, namespace, name, subresource) of a resource path.
+type ParsedPath = (
+    Arc<crate::registry::ResourceDef>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// Splits `[namespaces/<ns>/]<plural>[/<name>[/<subresource>]]` into its parts.
-fn parse_path(
-    app: &App,
-    group: &str,
-    version: &str,
-    path: &str,
-) -> Result<
-    (
-        Arc<crate::registry::ResourceDef>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
-    ApiError,
-> {
+fn parse_path(app: &App, group: &str, version: &str, path: &str) -> Result<ParsedPath, ApiError> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let reg = app.registry();
     // `namespaces/<ns>/<plural>...` is namespaced unless <plural> is not a namespaced resource

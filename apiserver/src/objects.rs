@@ -129,9 +129,10 @@ pub fn prepare_create(
     let m = meta_mut(obj);
     match (namespace, m.get("namespace").and_then(Value::as_str)) {
         (Some(url), Some(body)) if !body.is_empty() && url != body => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::BadRequest(
                 "the namespace of the provided object does not match the namespace sent on the request"
-            )));
+                    .to_string(),
+            ));
         }
         _ => {}
     }

@@ -235,11 +235,11 @@ fn validate_value(schema: &Value, v: &mut Value, path: &str, out: &mut Outcome) 
             ));
         }
     }
+    // An object that preserves unknown fields and declares none has nothing to check.
+    let opaque = int_or_string || (preserves(schema) && schema["properties"].is_null());
     match v {
-        Value::Object(map) if !int_or_string => {
-            if !(preserves(schema) && schema["properties"].is_null()) {
-                validate_object(schema, map, path, out);
-            }
+        Value::Object(map) if !opaque => {
+            validate_object(schema, map, path, out);
         }
         Value::Array(items) => {
             let len = items.len() as u64;

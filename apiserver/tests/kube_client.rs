@@ -282,7 +282,7 @@ async fn finalizer_flow_like_kube_runtime() {
     run(vms.get("vm1").await.expect("get")).await;
     let obj = vms.get("vm1").await.expect("get");
     assert_eq!(obj.finalizers(), &[NAME.to_string()]);
-    assert_eq!(run(obj).await, false, "apply pass");
+    assert!(!run(obj).await, "apply pass");
 
     // Delete marks the object and keeps it.
     let marked = vms
