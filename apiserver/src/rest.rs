@@ -1013,8 +1013,21 @@ fn validate_crd(def: &ResourceDef, crd: &Value) -> Result<(), ApiError> {
 }
 
 /// CRDs are established as soon as they are stored: there is no naming controller to wait for.
+/// Conditions already present keep their transition times, so re-installing an unchanged CRD
+/// writes nothing.
 fn crd_status(crd: &mut Value) {
-    let now = objects::now();
+    let existing = crd["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let since = |type_: &str| {
+        existing
+            .iter()
+            .find(|c| c["type"] == type_ && c["status"] == "True")
+            .map(|c| c["lastTransitionTime"].clone())
+            .unwrap_or_else(|| json!(objects::now()))
+    };
+    let (names_since, established_since) = (since("NamesAccepted"), since("Established"));
     let names = crd["spec"]["names"].clone();
     let stored: Vec<Value> = crd["spec"]["versions"]
         .as_array()
@@ -1027,8 +1040,8 @@ fn crd_status(crd: &mut Value) {
         "acceptedNames": names,
         "storedVersions": stored,
         "conditions": [
-            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": names_since},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": established_since},
         ],
     });
 }

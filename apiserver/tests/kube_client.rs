@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use kube::core::{DynamicObject, GroupVersionKind, PartialObjectMeta, WatchEvent};
 use kube::runtime::watcher;
@@ -712,9 +713,25 @@ async fn objects_survive_a_restart() {
         next(&mut w).await.expect("event"),
         WatchEvent::Added(_)
     ));
+    let crds: Api<CustomResourceDefinition> = Api::all(srv.client.clone());
+    let crd_rv = crds
+        .get("virtualmachines.strata.io")
+        .await
+        .expect("crd")
+        .resource_version();
     srv.stop().await;
 
     let srv = start(dir.path()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(srv.client.clone());
+    let again = crds
+        .get("virtualmachines.strata.io")
+        .await
+        .expect("crd")
+        .resource_version();
+    assert_eq!(
+        again, crd_rv,
+        "re-installing an unchanged CRD writes nothing"
+    );
     let vms: Api<VirtualMachine> = Api::namespaced(srv.client.clone(), "default");
     let list = vms.list(&ListParams::default()).await.expect("list");
     assert_eq!(list.items.len(), 2);
