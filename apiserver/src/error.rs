@@ -196,6 +196,8 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("failed to set up TLS")]
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("failed to serve HTTP")]
     Serve(#[source] std::io::Error),
     #[error("failed to create data directory")]

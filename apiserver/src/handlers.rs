@@ -227,10 +227,20 @@ async fn resource(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match dispatch(app, group, version, path, query, method, headers, body) {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    let result = if method == Method::GET {
+        // Reads are served from memory; watches need the async runtime.
+        dispatch(app, group, version, path, query, method, headers, body)
+    } else {
+        // Writes wait for the store's fsync; keep that off the async workers so watches and
+        // reads keep flowing while the disk works.
+        let (group, version, path) = (group.to_string(), version.to_string(), path.to_string());
+        tokio::task::spawn_blocking(move || {
+            dispatch(app, &group, &version, &path, query, method, headers, body)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ApiError::Internal(format!("request handler failed: {e}"))))
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[allow(clippy::too_many_arguments)]

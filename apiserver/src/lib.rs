@@ -23,6 +23,7 @@ pub mod rest;
 pub mod selectors;
 pub mod store;
 pub mod table;
+pub mod tls;
 pub mod validation;
 pub mod watch;
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use error::Error;
+pub use tls::TlsIdentity;
 
 /// What `strata up` (or a test) hands the server.
 pub struct ServeOptions {
@@ -73,10 +75,31 @@ pub async fn serve(
     serve_with_limits(opts, Limits::default(), listener, shutdown).await
 }
 
+/// Like [`serve`], over HTTPS with the given identity. Needed whenever kubectl must send the
+/// bearer token: client-go drops credentials for `http://` servers.
+pub async fn serve_tls(
+    opts: ServeOptions,
+    tls: TlsIdentity,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    serve_inner(opts, Limits::default(), Some(tls), listener, shutdown).await
+}
+
 #[doc(hidden)]
 pub async fn serve_with_limits(
     opts: ServeOptions,
     limits: Limits,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    serve_inner(opts, limits, None, listener, shutdown).await
+}
+
+async fn serve_inner(
+    opts: ServeOptions,
+    limits: Limits,
+    tls: Option<TlsIdentity>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -110,14 +133,25 @@ pub async fn serve_with_limits(
             })?;
         }
         let router = handlers::router(app.clone());
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                // Watches observe this and end their streams, so the drain can finish.
-                let _ = shutdown_tx.send(true);
-            })
-            .await
-            .map_err(Error::Serve)
+        let signal = async move {
+            shutdown.await;
+            // Watches observe this and end their streams, so the drain can finish.
+            let _ = shutdown_tx.send(true);
+        };
+        match tls {
+            None => axum::serve(listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(Error::Serve),
+            Some(identity) => {
+                let acceptor = tls::acceptor(&identity).map_err(|e| Error::Tls(Box::new(e)))?;
+                let listener = tls::TlsListener::new(listener, acceptor).map_err(Error::Serve)?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(signal)
+                    .await
+                    .map_err(Error::Serve)
+            }
+        }
     }
     .await;
     app.cache.close();

@@ -31,8 +31,14 @@ struct Kubectl {
 impl Kubectl {
     fn new(bin: PathBuf, url: &str, dir: &Path, name: &str) -> Kubectl {
         let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+        // The self-signed test certificate is not worth a CA; the token still travels over TLS.
+        let insecure = if url.starts_with("https") {
+            "    insecure-skip-tls-verify: true\n"
+        } else {
+            ""
+        };
         let cfg = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: strata\n  cluster:\n    server: {url}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: strata\n  context:\n    cluster: strata\n    user: admin\n    namespace: default\ncurrent-context: strata\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: strata\n  cluster:\n    server: {url}\n{insecure}users:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: strata\n  context:\n    cluster: strata\n    user: admin\n    namespace: default\ncurrent-context: strata\n",
             common::TOKEN
         );
         std::fs::write(&kubeconfig, cfg).expect("write kubeconfig");
@@ -270,4 +276,102 @@ spec:
     let (ok, _, err) = k.run(&["apply", "-f", &bad]).await;
     assert!(!ok && err.contains("spec.size"), "{err}");
     srv.stop().await;
+}
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl CLI: (cert DER, PKCS#8 key DER).
+fn self_signed(dir: &Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let made = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=strata",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+    ]) && run(&[
+        "x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der",
+    ]) && run(&[
+        "pkcs8", "-topk8", "-nocrypt", "-in", "key.pem", "-outform", "DER", "-out", "key.der",
+    ]);
+    if !made {
+        return None;
+    }
+    Some((
+        std::fs::read(dir.join("cert.der")).ok()?,
+        std::fs::read(dir.join("key.der")).ok()?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_sends_the_token_over_tls() {
+    let Some(bin) = find_kubectl(None) else {
+        eprintln!("SKIPPED: no kubectl binary found in {SDK} or on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((cert_der, key_der)) = self_signed(dir.path()) else {
+        eprintln!("SKIPPED: openssl could not make a test certificate");
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let opts = strata_apiserver::ServeOptions {
+        data_dir: dir.path().join("data"),
+        bearer_token: Some(common::TOKEN.to_string()),
+        crds: strata_apis::crds(),
+    };
+    let server = tokio::spawn(strata_apiserver::serve_tls(
+        opts,
+        strata_apiserver::TlsIdentity { cert_der, key_der },
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let k = Kubectl::new(bin, &url, dir.path(), "tls");
+    let vm = k.write("vm.yaml", VM);
+    assert!(k.ok(&["apply", "-f", &vm]).await.contains("created"));
+    assert!(k.ok(&["get", "vm"]).await.contains("vm1"));
+
+    // The same server refuses a client without the token.
+    std::fs::write(
+        dir.path().join("tls.kubeconfig"),
+        std::fs::read_to_string(&k.kubeconfig)
+            .expect("read")
+            .replace(common::TOKEN, "wrong"),
+    )
+    .expect("rewrite");
+    let (ok, _, err) = k.run(&["get", "vm"]).await;
+    assert!(
+        !ok && (err.contains("Unauthorized") || err.contains("credentials")),
+        "{err}"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(std::time::Duration::from_secs(20), server)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("serve_tls returns Ok");
 }
