@@ -133,6 +133,47 @@ impl Cache {
         (inner.rev, items)
     }
 
+    /// Objects under `prefix` (keys after `after`) as they were at revision `rev`, rebuilt by
+    /// undoing the ring's newer events. This is what keeps paginated lists consistent.
+    pub fn list_at(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        rev: u64,
+    ) -> Result<Vec<(String, Arc<Value>)>, TooOld> {
+        let inner = self.lock();
+        if rev < inner.history_start {
+            return Err(TooOld {
+                requested: rev,
+                oldest: inner.history_start,
+            });
+        }
+        let mut state: BTreeMap<String, Arc<Value>> = inner
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for e in inner.events.iter().rev().take_while(|e| e.rev > rev) {
+            if !e.key.starts_with(prefix) {
+                continue;
+            }
+            match (&e.type_, &e.prev) {
+                (EventType::Added, _) => {
+                    state.remove(&e.key);
+                }
+                (_, Some(prev)) => {
+                    state.insert(e.key.clone(), prev.clone());
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(state
+            .into_iter()
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .collect())
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.rev_tx.subscribe()
     }
@@ -274,5 +315,44 @@ mod tests {
         );
         let (_, items) = cache.list("/registry/x/", None);
         assert_eq!(items.len(), 1);
+    }
+
+    #[test]
+    fn past_states_are_rebuilt_from_the_ring() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).expect("open"));
+        let cache = Cache::load(store, 100).expect("load");
+        let a = cache
+            .create("/registry/x/a", json!({"metadata": {"name": "a"}, "v": 1}))
+            .expect("a");
+        let b = cache
+            .create("/registry/x/b", json!({"metadata": {"name": "b"}}))
+            .expect("b");
+        let snapshot = resource_version(&b);
+        cache
+            .update(
+                "/registry/x/a",
+                resource_version(&a),
+                json!({"metadata": {"name": "a"}, "v": 2}),
+            )
+            .expect("update");
+        cache.delete("/registry/x/b", snapshot).expect("delete b");
+        cache
+            .create("/registry/x/c", json!({"metadata": {"name": "c"}}))
+            .expect("c");
+        let then = cache
+            .list_at("/registry/x/", None, snapshot)
+            .expect("in ring");
+        let names: Vec<&str> = then.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec!["/registry/x/a", "/registry/x/b"]);
+        assert_eq!(then[0].1["v"], 1);
+        let after_a = cache
+            .list_at("/registry/x/", Some("/registry/x/a"), snapshot)
+            .expect("page 2");
+        assert_eq!(after_a.len(), 1);
+        let now = cache
+            .list_at("/registry/x/", None, cache.revision())
+            .expect("now");
+        assert_eq!(now.len(), 2);
     }
 }

@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod discovery;
 pub mod error;
+pub mod gc;
 pub mod handlers;
 pub mod jsonpath;
 pub mod objects;

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::cache::{resource_version, Cache};
 use crate::error::{ApiError, Cause};
+use crate::gc::Propagation;
 use crate::handlers::json_response_with_warnings;
 use crate::objects::{self, finalizers, is_terminating, meta_mut};
 use crate::patch::{self, PatchType};
@@ -263,8 +264,33 @@ impl App {
             None => None,
         };
         let after = token.as_ref().map(|t| t.start.clone());
-        let (rev, items) = self.cache.list(&prefix, after.as_deref());
-        let list_rev = token.as_ref().map(|t| t.rv).unwrap_or(rev);
+        // Every page of a paginated list shows the state at the first page's revision; so does
+        // an explicit resourceVersion with resourceVersionMatch=Exact (or with a limit).
+        let requested: Option<u64> = req
+            .param("resourceVersion")
+            .filter(|rv| !rv.is_empty() && *rv != "0")
+            .map(|rv| {
+                rv.parse()
+                    .map_err(|_| ApiError::BadRequest(format!("invalid resource version: {rv}")))
+            })
+            .transpose()?;
+        let exact = match (req.param("resourceVersionMatch"), limit) {
+            (Some("Exact"), _) | (None, Some(_)) => requested,
+            _ => None,
+        };
+        let (list_rev, items) = match token.as_ref().map(|t| t.rv).or(exact) {
+            Some(at) => {
+                let items = self.cache.list_at(&prefix, after.as_deref(), at).map_err(|_| {
+                    if token.is_some() {
+                        ApiError::Expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into())
+                    } else {
+                        ApiError::Expired(format!("too old resource version: {at}"))
+                    }
+                })?;
+                (at, items)
+            }
+            None => self.cache.list(&prefix, after.as_deref()),
+        };
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         let mut iter = items
@@ -528,7 +554,7 @@ impl App {
                 .cache
                 .delete(&key, expected)
                 .map_err(|e| map_store_error(&req.def, &name, e))?;
-            self.after_delete(&req.def, &gone);
+            self.after_delete(&req.def, &gone, Propagation::Background);
             return Ok(((*gone).clone(), true));
         }
         if !objects::meaningfully_differs(old, &new) || req.dry_run() {
@@ -709,6 +735,7 @@ impl App {
             &req.key(),
             &current,
             opts.dry_run || req.dry_run(),
+            opts.policy,
         )? {
             Deleted::Marked(obj) => Ok(ok(&render_one(req, &obj))),
             Deleted::Gone(obj) => Ok(ok(&json!({
@@ -738,7 +765,13 @@ impl App {
             .list(&req.def.list_prefix(req.namespace.as_deref()), None);
         let mut out = Vec::new();
         for (key, obj) in items.into_iter().filter(|(_, o)| filter.matches(o)) {
-            match self.delete_object(&req.def, &key, &obj, opts.dry_run || req.dry_run()) {
+            match self.delete_object(
+                &req.def,
+                &key,
+                &obj,
+                opts.dry_run || req.dry_run(),
+                opts.policy,
+            ) {
                 Ok(Deleted::Marked(o) | Deleted::Gone(o)) => out.push(present(&req.def, &o)),
                 // Someone else deleted or changed it meanwhile; that is fine for a collection.
                 Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => {}
@@ -753,14 +786,21 @@ impl App {
         })))
     }
 
-    /// Deletes an object, or marks it with deletionTimestamp while finalizers remain.
-    fn delete_object(
+    /// Deletes an object, or marks it with deletionTimestamp while finalizers remain; applies
+    /// `policy` to its dependents.
+    pub(crate) fn delete_object(
         &self,
         def: &Arc<ResourceDef>,
         key: &str,
         current: &Value,
         dry_run: bool,
+        policy: Propagation,
     ) -> Result<Deleted, ApiError> {
+        if !dry_run && !is_terminating(current) {
+            if let Some(uid) = current["metadata"]["uid"].as_str() {
+                self.before_owner_delete(uid, policy);
+            }
+        }
         let name = current["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -791,7 +831,7 @@ impl App {
             .cache
             .delete(key, resource_version(current))
             .map_err(|e| map_store_error(def, &name, e))?;
-        self.after_delete(def, &gone);
+        self.after_delete(def, &gone, policy);
         Ok(Deleted::Gone((*gone).clone()))
     }
 
@@ -803,8 +843,13 @@ impl App {
 
     /// Cascades that the API server itself owes: a namespace takes its objects along, and a CRD
     /// takes its custom objects along.
-    fn after_delete(&self, def: &ResourceDef, gone: &Value) {
+    fn after_delete(&self, def: &ResourceDef, gone: &Value, policy: Propagation) {
         let name = gone["metadata"]["name"].as_str().unwrap_or_default();
+        if policy == Propagation::Background {
+            if let Some(uid) = gone["metadata"]["uid"].as_str() {
+                self.delete_dependents(uid, Propagation::Background);
+            }
+        }
         if def.builtin && def.kind == "CustomResourceDefinition" {
             let group = gone["spec"]["group"].as_str().unwrap_or_default();
             let plural = gone["spec"]["names"]["plural"].as_str().unwrap_or_default();
@@ -832,14 +877,14 @@ impl App {
     fn sweep(&self, def: &Arc<ResourceDef>, prefix: &str) {
         let (_, items) = self.cache.list(prefix, None);
         for (key, obj) in items {
-            if let Err(e) = self.delete_object(def, &key, &obj, false) {
+            if let Err(e) = self.delete_object(def, &key, &obj, false, Propagation::Background) {
                 tracing::warn!(key, error = %e, "cascading delete failed");
             }
         }
     }
 }
 
-enum Deleted {
+pub(crate) enum Deleted {
     /// Finalizers keep it; deletionTimestamp is set.
     Marked(Value),
     Gone(Value),
@@ -847,6 +892,7 @@ enum Deleted {
 
 struct DeleteOptions {
     dry_run: bool,
+    policy: Propagation,
     uid: Option<String>,
     resource_version: Option<String>,
 }
@@ -859,17 +905,20 @@ impl DeleteOptions {
             serde_json::from_slice(body)
                 .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
         };
-        let policy = v["propagationPolicy"]
+        let policy_name = v["propagationPolicy"]
             .as_str()
             .or(req.param("propagationPolicy"));
-        if let Some(p) = policy {
-            if !matches!(p, "Background" | "Foreground" | "Orphan") {
-                return Err(ApiError::BadRequest(format!(
-                    "propagationPolicy: Unsupported value: {p:?}"
-                )));
-            }
-        }
+        let orphan = v["orphanDependents"]
+            .as_bool()
+            .or(req.param("orphanDependents").and_then(|o| o.parse().ok()));
+        let policy = Propagation::parse(policy_name, orphan).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "propagationPolicy: Unsupported value: {:?}: supported values: \"Foreground\", \"Background\", \"Orphan\"",
+                policy_name.unwrap_or_default()
+            ))
+        })?;
         Ok(DeleteOptions {
+            policy,
             dry_run: v["dryRun"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|d| d == "All")),

@@ -55,11 +55,18 @@ impl Watcher {
     }
 
     async fn bookmark(&self, rev: u64) -> bool {
-        let obj = json!({
+        self.bookmark_with(rev, false).await
+    }
+
+    async fn bookmark_with(&self, rev: u64, initial_events_end: bool) -> bool {
+        let mut obj = json!({
             "kind": self.def.kind,
             "apiVersion": self.def.api_version(),
             "metadata": {"resourceVersion": rev.to_string()},
         });
+        if initial_events_end {
+            obj["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
         self.send("BOOKMARK", obj).await
     }
 }
@@ -67,17 +74,8 @@ impl Watcher {
 /// Starts a watch; the response streams until the timeout, the client leaving, or shutdown.
 pub fn watch(app: Arc<App>, req: &ResourceRequest) -> Result<Response, ApiError> {
     let filter = Filter::from_request(req)?;
-    if req.param("sendInitialEvents") == Some("true") {
-        // Clients fall back to list+watch when the server rejects WatchList.
-        return Err(ApiError::Invalid(
-            req.def.target(""),
-            vec![crate::error::Cause::new(
-                "FieldValueForbidden",
-                "sendInitialEvents",
-                "Forbidden: sendInitialEvents is not supported by this server",
-            )],
-        ));
-    }
+    // WatchList: the current state as ADDED events, then a bookmark marking the end of them.
+    let initial_events = req.param("sendInitialEvents") == Some("true");
     let start: Option<u64> = match req
         .param("resourceVersion")
         .filter(|s| !s.is_empty() && *s != "0")
@@ -106,7 +104,7 @@ pub fn watch(app: Arc<App>, req: &ResourceRequest) -> Result<Response, ApiError>
         sent_columns: false,
         tx,
     };
-    tokio::spawn(async move { run(app, &mut w, start, timeout).await });
+    tokio::spawn(async move { run(app, &mut w, start, initial_events, timeout).await });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Response::builder()
         .status(StatusCode::OK)
@@ -116,7 +114,13 @@ pub fn watch(app: Arc<App>, req: &ResourceRequest) -> Result<Response, ApiError>
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-async fn run(app: Arc<App>, w: &mut Watcher, start: Option<u64>, timeout: Duration) {
+async fn run(
+    app: Arc<App>,
+    w: &mut Watcher,
+    start: Option<u64>,
+    initial_events: bool,
+    timeout: Duration,
+) {
     let mut rev_rx = app.cache.subscribe();
     let mut shutdown = app.shutdown.clone();
     let deadline = Instant::now() + timeout;
@@ -132,6 +136,9 @@ async fn run(app: Arc<App>, w: &mut Watcher, start: Option<u64>, timeout: Durati
                         return;
                     }
                 }
+            }
+            if initial_events && w.bookmarks && !w.bookmark_with(rev, true).await {
+                return;
             }
             rev
         }
