@@ -1,14 +1,17 @@
 //! Strata's Kubernetes-compatible API server.
 //!
-//! Request flow: [`handlers::router`] is the one route table. Discovery (`/api`, `/apis`, …),
-//! OpenAPI and `/version` are answered from the [`registry::Registry`] of served kinds, which is
-//! built from the built-in kinds plus every stored CustomResourceDefinition. Resource requests are
-//! parsed into a [`handlers::ResourceRequest`] and dispatched to the verbs in [`rest`]: reads
-//! (get, list, watch) are served from the in-memory [`cache::Cache`]; writes apply Kubernetes
-//! object semantics ([`objects`], [`validation`], [`patch`]) and go through the cache to the
-//! durable [`store::Store`], which assigns the revision that becomes the resourceVersion. Watches
-//! ([`watch`]) follow the cache's event ring. Every error is an [`error::ApiError`], rendered once
-//! as a `Status`.
+//! Request flow: [`handlers::router`] is the one route table; a middleware checks the bearer
+//! token first. Discovery (`/api`, `/apis`, …), OpenAPI and `/version` are answered from the
+//! [`registry::Registry`] of served kinds, built from the built-in kinds plus every stored
+//! CustomResourceDefinition. Resource paths are parsed into a [`rest::ResourceRequest`] and
+//! dispatched to the verbs on [`rest::App`]: reads (get, list, watch) are served from the
+//! in-memory [`cache::Cache`]; writes (run off the async workers, since they wait for fsync) apply
+//! Kubernetes object semantics ([`objects`], [`validation`], [`patch`]) and go through the cache to
+//! the durable [`store::Store`], whose revision becomes the resourceVersion. Deletes cascade to
+//! namespaced objects, custom objects of a deleted CRD, and owner-referenced dependents ([`gc`]).
+//! Watches ([`watch`]) follow the cache's event ring. Every error is an [`error::ApiError`],
+//! rendered once as a `Status`. [`serve`] speaks plain HTTP; [`serve_tls`] speaks HTTPS, which
+//! kubectl needs before it will send a bearer token.
 
 pub mod cache;
 pub mod discovery;
