@@ -94,7 +94,7 @@ pub fn format_bytes(bytes: u64) -> Quantity {
     ];
     let text = BINARY
         .iter()
-        .find(|(_, m)| bytes != 0 && bytes % m == 0)
+        .find(|(_, m)| bytes != 0 && bytes.is_multiple_of(*m))
         .map(|(s, m)| format!("{}{s}", bytes / m))
         .unwrap_or_else(|| bytes.to_string());
     Quantity(text)

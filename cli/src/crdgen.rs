@@ -23,8 +23,10 @@ pub fn render() -> Result<Vec<(String, String)>, Error> {
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            let yaml = serde_yaml::to_string(&crd)
-                .map_err(|source| Error::Yaml { what: name.clone(), source })?;
+            let yaml = serde_yaml::to_string(&crd).map_err(|source| Error::Yaml {
+                what: name.clone(),
+                source,
+            })?;
             Ok((format!("{name}.yaml"), format!("{HEADER}{yaml}")))
         })
         .collect()
@@ -35,11 +37,16 @@ pub fn drift(dir: &Path) -> Result<Vec<String>, Error> {
     let rendered = render()?;
     let mut differing: Vec<String> = rendered
         .iter()
-        .filter(|(file, text)| std::fs::read_to_string(dir.join(file)).ok().as_deref() != Some(text))
+        .filter(|(file, text)| {
+            std::fs::read_to_string(dir.join(file)).ok().as_deref() != Some(text)
+        })
         .map(|(file, _)| file.clone())
         .collect();
-    let entries = std::fs::read_dir(dir)
-        .map_err(|source| Error::Io { action: "read", path: dir.to_owned(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        action: "read",
+        path: dir.to_owned(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         if file.ends_with(".yaml") && !rendered.iter().any(|(f, _)| *f == file) {
@@ -59,11 +66,18 @@ pub fn run(args: &CrdgenArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
-    std::fs::create_dir_all(&args.out)
-        .map_err(|source| Error::Io { action: "create", path: args.out.clone(), source })?;
+    std::fs::create_dir_all(&args.out).map_err(|source| Error::Io {
+        action: "create",
+        path: args.out.clone(),
+        source,
+    })?;
     for (file, text) in render()? {
         let path = args.out.join(&file);
-        std::fs::write(&path, text).map_err(|source| Error::Io { action: "write", path, source })?;
+        std::fs::write(&path, text).map_err(|source| Error::Io {
+            action: "write",
+            path,
+            source,
+        })?;
         println!("wrote {}", args.out.join(file).display());
     }
     Ok(())

@@ -16,7 +16,13 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, Error> {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(Error::Io { action: "read", path, source }),
+        Err(source) => {
+            return Err(Error::Io {
+                action: "read",
+                path,
+                source,
+            })
+        }
     }
     let token: String = {
         use rand::Rng;
@@ -27,15 +33,23 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, Error> {
     Ok(token)
 }
 
-/// The kubeconfig text for a server at `addr`.
-pub fn render(addr: SocketAddr, token: &str) -> String {
-    let host = if addr.ip().is_unspecified() {
+/// The address clients dial for a server listening on `addr`.
+pub fn dial_addr(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
         SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {
         addr
-    };
+    }
+}
+
+/// The kubeconfig text for a server at `addr` whose certificate is issued by `ca_pem`.
+pub fn render(addr: SocketAddr, token: &str, ca_pem: &str) -> String {
+    use base64::Engine;
+    let host = dial_addr(addr);
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {CONTEXT}\n  cluster:\n    server: http://{host}\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {CONTEXT}\n  cluster:\n    server: https://{host}\n\
+         \x20   certificate-authority-data: {ca}\n\
          users:\n- name: {CONTEXT}\n  user:\n    token: {token}\n\
          contexts:\n- name: {CONTEXT}\n  context:\n    cluster: {CONTEXT}\n    user: {CONTEXT}\n    namespace: default\n\
          current-context: {CONTEXT}\n"
@@ -43,17 +57,26 @@ pub fn render(addr: SocketAddr, token: &str) -> String {
 }
 
 /// Writes `data_dir/kubeconfig` and returns its path.
-pub fn write(data_dir: &Path, addr: SocketAddr, token: &str) -> Result<PathBuf, Error> {
+pub fn write(
+    data_dir: &Path,
+    addr: SocketAddr,
+    token: &str,
+    ca_pem: &str,
+) -> Result<PathBuf, Error> {
     let path = data_dir.join("kubeconfig");
-    write_private(&path, &render(addr, token))?;
+    write_private(&path, &render(addr, token, ca_pem))?;
     Ok(path)
 }
 
 /// Writes a file only its owner can read: it holds a credential.
-fn write_private(path: &Path, text: &str) -> Result<(), Error> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| Error::Io { action: "write", path: path.to_owned(), source };
+    let io = |source| Error::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -79,8 +102,9 @@ mod tests {
 
     #[test]
     fn kubeconfig_points_at_loopback_when_listening_on_every_address() {
-        let text = render("0.0.0.0:6443".parse().unwrap(), "t0k");
-        assert!(text.contains("server: http://127.0.0.1:6443"));
+        let text = render("0.0.0.0:6443".parse().unwrap(), "t0k", "PEM");
+        assert!(text.contains("server: https://127.0.0.1:6443"));
+        assert!(text.contains("    certificate-authority-data: UEVN\n"));
         assert!(text.contains("token: t0k"));
         assert!(text.contains("current-context: strata"));
     }

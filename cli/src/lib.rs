@@ -2,6 +2,7 @@
 
 pub mod crdgen;
 pub mod kubeconfig;
+pub mod pki;
 pub mod up;
 
 /// Failures of the `strata` binary.
@@ -32,6 +33,10 @@ pub enum Error {
     ApiServer(#[source] strata_apiserver::Error),
     #[error("failed to build a client for the api server")]
     Client(#[source] kube::Error),
+    #[error("failed to set up a simulated host")]
+    Agent(#[source] strata_node_agent::Error),
+    #[error("failed to issue the API server's certificate")]
+    Pki(#[source] rcgen::Error),
     #[error("invalid --sim-host-memory {0:?}")]
     Memory(String, #[source] strata_apis::quantity::QuantityError),
 }

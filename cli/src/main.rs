@@ -7,7 +7,11 @@ use tracing_subscriber::EnvFilter;
 use strata_cli::{crdgen, up};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Strata: a declarative IaaS control plane")]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a declarative IaaS control plane"
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "STRATA_LOG_JSON")]
@@ -44,7 +48,9 @@ async fn main() -> std::process::ExitCode {
 
 fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

@@ -2,7 +2,6 @@
 //! store, every controller, and `--sim-hosts` node agents with the simulated hypervisor, all
 //! talking to each other through the API like separate processes would.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use strata_apis::HostCapacity;
 use strata_node_agent::{Agent, AgentConfig, SimDriver};
 use tokio::sync::watch;
 
-use crate::{kubeconfig, Error};
+use crate::{kubeconfig, pki, Error};
 
 /// Arguments of `strata up`.
 #[derive(clap::Args, Clone)]
@@ -43,7 +42,9 @@ pub struct UpArgs {
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s:?} is not whole seconds: {e}"))
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{s:?} is not whole seconds: {e}"))
 }
 
 /// Runs until SIGINT or SIGTERM, then stops agents and controllers before the API server so
@@ -51,34 +52,47 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 pub async fn run(args: UpArgs) -> Result<(), Error> {
     let memory = strata_apis::quantity::parse(&args.sim_host_memory)
         .map_err(|e| Error::Memory(args.sim_host_memory.clone(), e))?;
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|source| Error::Io { action: "create", path: args.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| Error::Io {
+        action: "create",
+        path: args.data_dir.clone(),
+        source,
+    })?;
     let token = kubeconfig::load_or_create_token(&args.data_dir)?;
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .map_err(|source| Error::Listen { addr: args.listen.clone(), source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| Error::Listen { addr: args.listen.clone(), source })?;
-    let kubeconfig_path = kubeconfig::write(&args.data_dir, addr, &token)?;
+        .map_err(|source| Error::Listen {
+            addr: args.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Listen {
+        addr: args.listen.clone(),
+        source,
+    })?;
+    let identity = pki::serving_identity(&args.data_dir, addr.ip())?;
+    let kubeconfig_path = kubeconfig::write(&args.data_dir, addr, &token, &identity.ca_pem)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(strata_apiserver::serve(
+    let server = tokio::spawn(strata_apiserver::serve_tls(
         strata_apiserver::ServeOptions {
             data_dir: args.data_dir.clone(),
-            bearer_token: Some(token.clone()),
+            bearer_token: Some(token),
             crds: strata_apis::crds(),
+        },
+        strata_apiserver::TlsIdentity {
+            cert_der: identity.cert_der,
+            key_der: identity.key_der,
         },
         listener,
         wait_for(stop_rx),
     ));
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "api server listening");
 
-    let client = client(addr, &token)?;
+    let client = client(&kubeconfig_path).await?;
     let mut workers = tokio::task::JoinSet::new();
-    let controller_opts =
-        strata_controllers::ControllerOptions { host_lease_timeout: args.host_lease_timeout_seconds };
+    let controller_opts = strata_controllers::ControllerOptions {
+        host_lease_timeout: args.host_lease_timeout_seconds,
+    };
     workers.spawn({
         let client = client.clone();
         async move {
@@ -88,16 +102,18 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
         }
     });
     for i in 1..=args.sim_hosts {
+        let capacity = HostCapacity {
+            cpu: args.sim_host_cpu,
+            memory: strata_apis::quantity::format_bytes(memory),
+        };
+        let driver = SimDriver::new(&capacity).map_err(Error::Agent)?;
         let config = AgentConfig {
             host_name: format!("sim-host-{i}"),
             cluster: args.sim_cluster.clone(),
-            capacity: HostCapacity {
-                cpu: args.sim_host_cpu,
-                memory: strata_apis::quantity::format_bytes(memory),
-            },
+            capacity,
             heartbeat_interval: args.heartbeat_seconds,
         };
-        let agent = Agent::new(client.clone(), config, Arc::new(SimDriver::default()));
+        let agent = Agent::new(client.clone(), config, Arc::new(driver));
         workers.spawn(async move {
             if let Err(err) = agent.run().await {
                 tracing::error!(error = %crate::error_chain(&err), "agent stopped");
@@ -105,7 +121,14 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
         });
     }
 
-    println!("Strata is up: {} simulated host(s), API at http://{addr}", args.sim_hosts);
+    // Only the workers hold clients from here on, so the server's graceful shutdown is not kept
+    // waiting by an idle connection of ours.
+    drop(client);
+
+    println!(
+        "Strata is up: {} simulated host(s), API at http://{addr}",
+        args.sim_hosts
+    );
     println!("export KUBECONFIG={}", absolute(&kubeconfig_path).display());
 
     shutdown_signal().await;
@@ -121,16 +144,13 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
     }
 }
 
-fn client(addr: SocketAddr, token: &str) -> Result<kube::Client, Error> {
-    let host = if addr.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
-    } else {
-        addr
-    };
-    let uri = format!("http://{host}").parse().expect("a socket address forms a valid URI");
-    let mut config = kube::Config::new(uri);
-    config.auth_info.token = Some(token.to_owned().into());
-    config.default_namespace = "default".into();
+/// The in-process components use the same kubeconfig users get, so they exercise the same path.
+async fn client(kubeconfig_path: &std::path::Path) -> Result<kube::Client, Error> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path)
+        .map_err(|e| Error::Client(kube::Error::InferKubeconfig(e)))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| Error::Client(kube::Error::InferKubeconfig(e)))?;
     kube::Client::try_from(config).map_err(Error::Client)
 }
 

@@ -18,26 +18,49 @@ fn quickstart_vm_runs_is_deleted_and_objects_survive_a_restart() {
     let strata = Strata::start(dir.path(), &["--sim-hosts", "2"]);
 
     strata.ok(&["apply", "-f", quickstart.to_str().unwrap()]);
-    strata.ok(&["wait", "--for=jsonpath={.status.phase}=Running", "vm/demo", "--timeout=60s"]);
+    strata.ok(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Running",
+        "vm/demo",
+        "--timeout=60s",
+    ]);
 
     let ip: Ipv4Addr = strata
         .ok(&["get", "vm", "demo", "-o", "jsonpath={.status.nics[0].ip}"])
         .parse()
         .expect("status.nics[0].ip is an IPv4 address");
     let range = Ipv4Addr::new(10, 10, 0, 10)..=Ipv4Addr::new(10, 10, 15, 250);
-    assert!(range.contains(&ip), "{ip} is outside the L3 network's range");
+    assert!(
+        range.contains(&ip),
+        "{ip} is outside the L3 network's range"
+    );
 
     let table = strata.ok(&["get", "vm"]);
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(header, ["NAME", "PHASE", "HOST", "IP", "AGE"], "{table}");
-    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(row[..2], ["demo", "Running"], "{table}");
     assert!(row[2].starts_with("sim-host-"), "{table}");
     assert_eq!(row[3], ip.to_string(), "{table}");
     let host = row[2].to_owned();
     let vmi_host = strata.ok(&["get", "vmi", "demo", "-o", "jsonpath={.spec.host}"]);
     assert_eq!(vmi_host, host, "the instance runs where the VM was placed");
-    let ips = strata.ok(&["get", "ipaddresses", "-o", "jsonpath={.items[*].spec.address}"]);
+    let ips = strata.ok(&[
+        "get",
+        "ipaddresses",
+        "-o",
+        "jsonpath={.items[*].spec.address}",
+    ]);
     assert_eq!(ips, ip.to_string(), "exactly one address is allocated");
 
     strata.ok(&["delete", "vm", "demo", "--timeout=60s"]);
@@ -45,24 +68,39 @@ fn quickstart_vm_runs_is_deleted_and_objects_survive_a_restart() {
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
     strata.eventually("the address and instance to be released", WAIT, || {
-        strata.ok(&["get", "ipaddresses,vmi", "-A", "-o", "name"]).trim().is_empty()
+        strata
+            .ok(&["get", "ipaddresses,vmi", "-A", "-o", "name"])
+            .trim()
+            .is_empty()
     });
 
     strata.stop();
     let strata = Strata::start(dir.path(), &["--sim-hosts", "2"]);
-    for object in ["zone/zone-1", "cluster/cluster-1", "image/tiny", "instanceoffering/small"] {
+    for object in [
+        "zone/zone-1",
+        "cluster/cluster-1",
+        "image/tiny",
+        "instanceoffering/small",
+    ] {
         strata.ok(&["get", object]);
     }
     let l3 = strata.ok(&["get", "l3network", "flat-1", "-o", "jsonpath={.spec.cidr}"]);
     assert_eq!(l3, "10.10.0.0/20");
-    assert!(strata.kubectl(&["get", "vm", "demo"]).stderr.windows(8).any(|w| w == b"NotFound"));
+    assert!(strata
+        .kubectl(&["get", "vm", "demo"])
+        .stderr
+        .windows(8)
+        .any(|w| w == b"NotFound"));
     strata.stop();
 }
 
 #[test]
 fn vms_that_cannot_be_placed_stay_pending_with_a_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let strata = Strata::start(dir.path(), &["--sim-hosts", "1", "--sim-host-memory", "64Gi"]);
+    let strata = Strata::start(
+        dir.path(),
+        &["--sim-hosts", "1", "--sim-host-memory", "64Gi"],
+    );
     let manifest = dir.path().join("pending.yaml");
     std::fs::write(
         &manifest,
@@ -80,9 +118,17 @@ fn vms_that_cannot_be_placed_stay_pending_with_a_reason() {
     .expect("manifest written");
     // The oldest kubectl we support needs /openapi/v2 for apply; use it when it is installed.
     let old = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27";
-    let kubectl = if std::path::Path::new(old).exists() { old } else { "kubectl" };
+    let kubectl = if std::path::Path::new(old).exists() {
+        old
+    } else {
+        "kubectl"
+    };
     let applied = strata.kubectl_with(kubectl, &["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
 
     let reason = |vm: &str| {
         strata.ok(&[
@@ -93,8 +139,12 @@ fn vms_that_cannot_be_placed_stay_pending_with_a_reason() {
             r#"jsonpath={.status.phase}/{.status.conditions[?(@.type=="Ready")].reason}"#,
         ])
     };
-    strata.eventually("too-big to be Unschedulable", WAIT, || reason("too-big") == "Pending/Unschedulable");
-    strata.eventually("lost to miss its network", WAIT, || reason("lost") == "Pending/L3NetworkNotFound");
+    strata.eventually("too-big to be Unschedulable", WAIT, || {
+        reason("too-big") == "Pending/Unschedulable"
+    });
+    strata.eventually("lost to miss its network", WAIT, || {
+        reason("lost") == "Pending/L3NetworkNotFound"
+    });
     let message = strata.ok(&[
         "get",
         "vm",
@@ -102,6 +152,9 @@ fn vms_that_cannot_be_placed_stay_pending_with_a_reason() {
         "-o",
         r#"jsonpath={.status.conditions[?(@.type=="Ready")].message}"#,
     ]);
-    assert!(message.contains("nowhere"), "the condition names the missing network: {message}");
+    assert!(
+        message.contains("nowhere"),
+        "the condition names the missing network: {message}"
+    );
     strata.stop();
 }

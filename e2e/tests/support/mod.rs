@@ -15,7 +15,11 @@ pub fn strata_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let bin = target.join("debug/strata");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p strata-cli` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p strata-cli` first",
+        bin.display()
+    );
     bin
 }
 
@@ -57,7 +61,10 @@ impl Strata {
         };
         strata.eventually("the API answers", Duration::from_secs(60), || {
             strata.data_dir.join("kubeconfig").exists()
-                && strata.kubectl(&["get", "namespace", "default"]).status.success()
+                && strata
+                    .kubectl(&["get", "namespace", "default"])
+                    .status
+                    .success()
         });
         strata
     }
@@ -98,7 +105,11 @@ impl Strata {
     pub fn eventually(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -106,15 +117,28 @@ impl Strata {
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
         let mut child = self.child.take().expect("running");
-        let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        assert!(killed.map(|s| s.success()).unwrap_or(false), "kill -TERM works");
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        assert!(
+            killed.map(|s| s.success()).unwrap_or(false),
+            "kill -TERM works"
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait works") {
-                assert!(status.success(), "strata exited with {status}\n{}", self.log_tail());
+                assert!(
+                    status.success(),
+                    "strata exited with {status}\n{}",
+                    self.log_tail()
+                );
                 return;
             }
-            assert!(Instant::now() < deadline, "strata ignored SIGTERM\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "strata ignored SIGTERM\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
