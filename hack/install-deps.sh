@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# Installs what Strata's tests need on a fresh machine (Debian with Rust, gcc, kubectl, python3).
-# Idempotent: installs only what is missing.
+# Installs what Strata's builds and tests need on a fresh machine (Debian 12 with Rust, gcc,
+# kubectl, python3). Idempotent: installs only what is missing, so a warm machine pays nothing.
 set -euo pipefail
 
-need=()
-command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
+# kubectl ships on the machine image in several versions; tests that need one pick it by path,
+# the rest use `kubectl` from PATH.
+if ! command -v kubectl >/dev/null 2>&1; then
+  for v in 33 32 31 30 29 28 27; do
+    if [ -x "/usr/lib/google-cloud-sdk/bin/kubectl.1.$v" ]; then
+      ln -sf "/usr/lib/google-cloud-sdk/bin/kubectl.1.$v" /usr/local/bin/kubectl
+      break
+    fi
+  done
+  command -v kubectl >/dev/null 2>&1 || { echo "missing: kubectl" >&2; exit 1; }
+fi
 
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "${need[*]}" = kubectl ]; then
-    for v in 33 32 31 30 29 28 27; do
-      if [ -x "/usr/lib/google-cloud-sdk/bin/kubectl.1.$v" ]; then
-        ln -sf "/usr/lib/google-cloud-sdk/bin/kubectl.1.$v" /usr/local/bin/kubectl
-        exit 0
-      fi
-    done
-  fi
-  echo "missing: ${need[*]} (kubectl ships on the machine image; nothing else is needed yet)" >&2
-  exit 1
+# Debian packages, by the file that proves each is installed:
+#   etcd             etcd-server 3.4 (the etcd store backend's tests start a real etcd; nothing
+#                    starts it as a service here, there is no systemd)
+#   protoc           protobuf-compiler, run by etcd-client's build script
+#   descriptor.proto libprotobuf-dev: the well-known .proto files protoc needs (only a Recommends
+#                    of protobuf-compiler, so --no-install-recommends would skip it)
+apt_need=()
+command -v etcd >/dev/null 2>&1 || apt_need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || apt_need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || apt_need+=(libprotobuf-dev)
+if [ ${#apt_need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${apt_need[@]}"
 fi

@@ -1,16 +1,19 @@
 //! The watch cache: every current object plus a bounded ring of recent events, in memory.
 //!
-//! Lists, gets and watches are served from here and never touch the disk. Writes go through the
-//! cache, which applies them to the store first (so nothing is acknowledged before it is durable)
-//! and then to memory under the same lock, so event order is exactly revision order.
+//! Lists, gets and watches are served from here and never touch the store. The cache follows
+//! the store's feed of committed writes on a thread of its own, so its events are exactly the
+//! store's revision order, whoever wrote (this server's concurrent requests, or another process
+//! sharing the same etcd). Writes go to the store first (so nothing is acknowledged before it is
+//! durable) and then wait until the cache has caught up with their revision, so a client that
+//! reads after its write sees it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Feed, FeedItem, KeyValue, Store, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
@@ -54,12 +57,21 @@ struct Inner {
     /// Every event with a revision above this is in `events`.
     history_start: u64,
     rev: u64,
+    /// The feed ended (the store closed); writers stop waiting for it.
+    closed: bool,
+}
+
+/// What the cache and its feed thread share.
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Signalled whenever `inner.rev` advances or the feed ends.
+    applied: Condvar,
+    rev_tx: watch::Sender<u64>,
 }
 
 pub struct Cache {
     store: Arc<dyn Store>,
-    inner: Mutex<Inner>,
-    rev_tx: watch::Sender<u64>,
+    shared: Arc<Shared>,
 }
 
 pub fn set_resource_version(obj: &mut Value, rev: u64) {
@@ -78,35 +90,34 @@ fn encode(obj: &Value) -> Result<Vec<u8>, StoreError> {
 }
 
 impl Cache {
-    /// Fills the cache from the store. History starts now: older revisions are unknown, so a
-    /// watch from before this point is answered with 410 Expired and the client re-lists.
+    /// Fills the cache from the store and starts following its feed. History starts now: older
+    /// revisions are unknown, so a watch from before this point is answered with 410 Expired and
+    /// the client re-lists.
     pub fn load(store: Arc<dyn Store>, capacity: usize) -> Result<Cache, StoreError> {
-        let (rev, kvs) = store.snapshot()?;
-        let mut objects = BTreeMap::new();
-        for kv in kvs {
-            let mut obj: Value =
-                serde_json::from_slice(&kv.value).map_err(|e| StoreError::Backend(Box::new(e)))?;
-            set_resource_version(&mut obj, kv.mod_revision);
-            objects.insert(kv.key, Arc::new(obj));
-        }
+        let (rev, kvs, feed) = store.follow()?;
         let (rev_tx, _) = watch::channel(rev);
-        Ok(Cache {
-            store,
+        let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
-                objects,
+                objects: decode_all(kvs)?,
                 events: VecDeque::new(),
                 capacity: capacity.max(1),
                 history_start: rev,
                 rev,
+                closed: false,
             }),
+            applied: Condvar::new(),
             rev_tx,
-        })
+        });
+        let follower = shared.clone();
+        std::thread::Builder::new()
+            .name("watch-cache".into())
+            .spawn(move || follower.follow(feed))
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(Cache { store, shared })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the maps half-updated (each write is a
-        // few inserts after the store commit), so a poisoned lock is still consistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock()
     }
 
     pub fn revision(&self) -> u64 {
@@ -175,7 +186,7 @@ impl Cache {
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.rev_tx.subscribe()
+        self.shared.rev_tx.subscribe()
     }
 
     /// Events after `rev`, plus the revision they bring the caller up to.
@@ -195,41 +206,23 @@ impl Cache {
         ))
     }
 
-    fn record(&self, inner: &mut Inner, event: Event) {
-        inner.rev = event.rev;
-        match event.type_ {
-            EventType::Deleted => {
-                inner.objects.remove(&event.key);
-            }
-            _ => {
-                inner
-                    .objects
-                    .insert(event.key.clone(), event.object.clone());
-            }
+    /// Blocks until the feed has brought the cache to `rev` (or ended).
+    fn wait_for(&self, rev: u64) {
+        let mut inner = self.lock();
+        while inner.rev < rev && !inner.closed {
+            inner = self
+                .shared
+                .applied
+                .wait(inner)
+                .unwrap_or_else(|e| e.into_inner());
         }
-        inner.events.push_back(Arc::new(event));
-        while inner.events.len() > inner.capacity {
-            if let Some(old) = inner.events.pop_front() {
-                inner.history_start = old.rev;
-            }
-        }
-        self.rev_tx.send_replace(inner.rev);
     }
 
     pub fn create(&self, key: &str, mut obj: Value) -> Result<Arc<Value>, StoreError> {
-        let mut inner = self.lock();
         let rev = self.store.create(key, &encode(&obj)?)?;
+        self.wait_for(rev);
         set_resource_version(&mut obj, rev);
-        let obj = Arc::new(obj);
-        let event = Event {
-            rev,
-            key: key.to_string(),
-            type_: EventType::Added,
-            object: obj.clone(),
-            prev: None,
-        };
-        self.record(&mut inner, event);
-        Ok(obj)
+        Ok(Arc::new(obj))
     }
 
     pub fn update(
@@ -238,44 +231,126 @@ impl Cache {
         expected: u64,
         mut obj: Value,
     ) -> Result<Arc<Value>, StoreError> {
-        let mut inner = self.lock();
         let rev = self.store.update(key, expected, &encode(&obj)?)?;
+        self.wait_for(rev);
         set_resource_version(&mut obj, rev);
-        let obj = Arc::new(obj);
-        let prev = inner.objects.get(key).cloned();
-        let event = Event {
-            rev,
-            key: key.to_string(),
-            type_: EventType::Modified,
-            object: obj.clone(),
-            prev,
-        };
-        self.record(&mut inner, event);
-        Ok(obj)
+        Ok(Arc::new(obj))
     }
 
     /// Deletes and returns the last state, stamped with the deletion's revision.
     pub fn delete(&self, key: &str, expected: u64) -> Result<Arc<Value>, StoreError> {
-        let mut inner = self.lock();
+        // The caller read the object at `expected` from here; if the delete succeeds, that is
+        // still its last state (a newer write would have failed the compare).
+        let last = self.get(key);
         let rev = self.store.delete(key, expected)?;
-        let prev = inner.objects.get(key).cloned();
-        let mut last = prev.as_deref().cloned().unwrap_or(Value::Null);
+        self.wait_for(rev);
+        let mut last = last.as_deref().cloned().unwrap_or(Value::Null);
         set_resource_version(&mut last, rev);
-        let obj = Arc::new(last);
-        let event = Event {
-            rev,
-            key: key.to_string(),
-            type_: EventType::Deleted,
-            object: obj.clone(),
-            prev,
-        };
-        self.record(&mut inner, event);
-        Ok(obj)
+        Ok(Arc::new(last))
     }
 
     pub fn close(&self) {
         self.store.close();
     }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated (each event is a
+        // few inserts), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies the feed until it ends.
+    fn follow(&self, feed: Feed) {
+        while let Ok(item) = feed.recv() {
+            let mut inner = self.lock();
+            let applied = match item {
+                FeedItem::Change(change) => self.apply(&mut inner, change),
+                FeedItem::Resync { rev, objects } => Self::resync(&mut inner, rev, objects),
+            };
+            if let Err(error) = applied {
+                // Only a value that is not JSON gets here, which this server never writes;
+                // skipping it keeps the rest of the cache serving.
+                tracing::error!(%error, "watch cache skipped an undecodable value");
+            }
+            self.rev_tx.send_replace(inner.rev);
+            drop(inner);
+            self.applied.notify_all();
+        }
+        self.lock().closed = true;
+        self.applied.notify_all();
+    }
+
+    fn apply(&self, inner: &mut Inner, change: Change) -> Result<(), StoreError> {
+        if change.rev <= inner.rev {
+            // Already in the snapshot the cache was loaded from.
+            return Ok(());
+        }
+        inner.rev = change.rev;
+        let prev = inner.objects.get(&change.key).cloned();
+        let event = match change.value {
+            Some(value) => {
+                let mut obj: Value =
+                    serde_json::from_slice(&value).map_err(|e| StoreError::Backend(Box::new(e)))?;
+                set_resource_version(&mut obj, change.rev);
+                let object = Arc::new(obj);
+                inner.objects.insert(change.key.clone(), object.clone());
+                Event {
+                    rev: change.rev,
+                    type_: if prev.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    },
+                    key: change.key,
+                    object,
+                    prev,
+                }
+            }
+            None => {
+                inner.objects.remove(&change.key);
+                let mut last = prev.as_deref().cloned().unwrap_or(Value::Null);
+                set_resource_version(&mut last, change.rev);
+                Event {
+                    rev: change.rev,
+                    type_: EventType::Deleted,
+                    key: change.key,
+                    object: Arc::new(last),
+                    prev,
+                }
+            }
+        };
+        inner.events.push_back(Arc::new(event));
+        while inner.events.len() > inner.capacity {
+            if let Some(old) = inner.events.pop_front() {
+                inner.history_start = old.rev;
+            }
+        }
+        Ok(())
+    }
+
+    /// The store lost the thread (etcd compaction): start over from its snapshot. Every watch
+    /// and paginated list from before gets 410 Expired, so clients re-list, as with
+    /// kube-apiserver after a compaction.
+    fn resync(inner: &mut Inner, rev: u64, objects: Vec<KeyValue>) -> Result<(), StoreError> {
+        inner.objects = decode_all(objects)?;
+        inner.events.clear();
+        inner.history_start = rev;
+        inner.rev = rev;
+        Ok(())
+    }
+}
+
+fn decode_all(kvs: Vec<KeyValue>) -> Result<BTreeMap<String, Arc<Value>>, StoreError> {
+    let mut objects = BTreeMap::new();
+    for kv in kvs {
+        let mut obj: Value =
+            serde_json::from_slice(&kv.value).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        set_resource_version(&mut obj, kv.mod_revision);
+        objects.insert(kv.key, Arc::new(obj));
+    }
+    Ok(objects)
 }
 
 /// The mod revision recorded in an object's metadata.

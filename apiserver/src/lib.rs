@@ -27,6 +27,8 @@ pub mod rest;
 pub mod selectors;
 pub mod store;
 pub mod table;
+#[doc(hidden)]
+pub mod testkit;
 pub mod tls;
 pub mod validation;
 pub mod watch;
@@ -38,12 +40,15 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 pub use error::Error;
+pub use store::StoreConfig;
 pub use tls::TlsIdentity;
 
 /// What `strata up` (or a test) hands the server.
 pub struct ServeOptions {
     /// The embedded store lives under here (`store.redb`).
     pub data_dir: std::path::PathBuf,
+    /// Which store backend holds the objects.
+    pub store: StoreConfig,
     /// When set, every request except the health checks must carry `Authorization: Bearer <token>`.
     pub bearer_token: Option<String>,
     /// Installed (created or updated) at start-up, then served.
@@ -100,6 +105,22 @@ pub async fn serve_with_limits(
     serve_inner(opts, limits, None, listener, shutdown).await
 }
 
+/// How long start-up waits for etcd to answer, so `strata up` can start alongside it.
+const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn open_store(opts: &ServeOptions) -> Result<Arc<dyn store::Store>, Error> {
+    Ok(match &opts.store {
+        StoreConfig::Embedded => {
+            std::fs::create_dir_all(&opts.data_dir).map_err(Error::DataDir)?;
+            let path = opts.data_dir.join("store.redb");
+            Arc::new(store::RedbStore::open(&path).map_err(Error::Store)?)
+        }
+        StoreConfig::Etcd { endpoints } => Arc::new(
+            store::EtcdStore::connect(endpoints, ETCD_CONNECT_TIMEOUT).map_err(Error::Store)?,
+        ),
+    })
+}
+
 async fn serve_inner(
     opts: ServeOptions,
     limits: Limits,
@@ -107,9 +128,7 @@ async fn serve_inner(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    std::fs::create_dir_all(&opts.data_dir).map_err(Error::DataDir)?;
-    let store = store::RedbStore::open(&opts.data_dir.join("store.redb")).map_err(Error::Store)?;
-    let store: Arc<dyn store::Store> = Arc::new(store);
+    let store = open_store(&opts)?;
     let cache = cache::Cache::load(store, limits.event_ring).map_err(Error::Store)?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(rest::App::new(

@@ -338,6 +338,7 @@ async fn kubectl_sends_the_token_over_tls() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let opts = strata_apiserver::ServeOptions {
         data_dir: dir.path().join("data"),
+        store: strata_apiserver::StoreConfig::Embedded,
         bearer_token: Some(common::TOKEN.to_string()),
         crds: strata_apis::crds(),
     };

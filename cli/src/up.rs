@@ -39,6 +39,23 @@ pub struct UpArgs {
     /// A host whose lease is older than this turns Disconnected.
     #[arg(long, default_value = "40", value_parser = parse_seconds)]
     pub host_lease_timeout_seconds: Duration,
+    /// Keep objects in this etcd cluster (comma-separated client URLs, e.g.
+    /// http://127.0.0.1:2379) instead of the embedded store under --data-dir.
+    #[arg(long, value_delimiter = ',', env = "STRATA_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Vec<String>,
+}
+
+impl UpArgs {
+    /// The store backend these arguments select.
+    pub fn store(&self) -> strata_apiserver::StoreConfig {
+        if self.etcd_endpoints.is_empty() {
+            strata_apiserver::StoreConfig::Embedded
+        } else {
+            strata_apiserver::StoreConfig::Etcd {
+                endpoints: self.etcd_endpoints.clone(),
+            }
+        }
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -76,6 +93,7 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
     let server = tokio::spawn(strata_apiserver::serve_tls(
         strata_apiserver::ServeOptions {
             data_dir: args.data_dir.clone(),
+            store: args.store(),
             bearer_token: Some(token),
             crds: strata_apis::crds(),
         },

@@ -58,6 +58,7 @@ async fn start(hosts: &[&str], heartbeat: Duration) -> Plane {
     let (stop_server, stopped) = oneshot::channel::<()>();
     let opts = strata_apiserver::ServeOptions {
         data_dir: data.path().to_path_buf(),
+        store: strata_apiserver::StoreConfig::Embedded,
         bearer_token: None,
         crds: strata_apis::crds(),
     };

@@ -39,6 +39,7 @@ async fn start_full(data_dir: &Path, limits: Limits, token: Option<&str>) -> Tes
     let (tx, rx) = oneshot::channel::<()>();
     let opts = ServeOptions {
         data_dir: data_dir.to_path_buf(),
+        store: strata_apiserver::StoreConfig::Embedded,
         bearer_token: token.map(str::to_string),
         crds: strata_apis::crds(),
     };
