@@ -41,6 +41,9 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(|| async { ApiError::NoSuchResource })
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .with_state(app)
+        // Merged after the auth layer: the console's files are public, and the page calls the
+        // API above with the user's token.
+        .merge(strata_dashboard::router())
 }
 
 pub fn json_response(code: StatusCode, body: &Value) -> Response {

@@ -73,6 +73,23 @@ impl Strata {
         self.data_dir.join("kubeconfig")
     }
 
+    /// The API's base URL, as written in the kubeconfig.
+    #[allow(dead_code)] // not every test binary that includes this module needs it
+    pub fn server_url(&self) -> String {
+        let kubeconfig = std::fs::read_to_string(self.kubeconfig()).expect("kubeconfig readable");
+        kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .expect("kubeconfig names a server")
+            .to_owned()
+    }
+
+    /// The bearer token `strata up` accepts.
+    #[allow(dead_code)] // not every test binary that includes this module needs it
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token")).expect("token readable").trim().to_owned()
+    }
+
     /// Runs `kubectl` (or another kubectl binary) against this server.
     pub fn kubectl_with(&self, kubectl: &str, args: &[&str]) -> Output {
         Command::new(kubectl)
