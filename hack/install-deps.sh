@@ -25,8 +25,17 @@ apt_need=()
 command -v etcd >/dev/null 2>&1 || apt_need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || apt_need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || apt_need+=(libprotobuf-dev)
+#   chromium         the dashboard e2e test drives Debian's headless Chromium with Playwright
+command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
 if [ ${#apt_need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${apt_need[@]}"
+fi
+
+# playwright-core (npm, pinned by e2e/ui/package-lock.json) drives that Chromium; it downloads no
+# browser of its own.
+ui="$(dirname "$0")/../e2e/ui"
+if [ ! -d "$ui/node_modules/playwright-core" ]; then
+  (cd "$ui" && npm ci --no-audit --no-fund --loglevel=error)
 fi
