@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use strata_apiserver::{serve_with_limits, Limits, ServeOptions};
+use strata_apiserver::{serve_with_limits, Limits, ServeOptions, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -33,13 +33,27 @@ pub async fn start_open(data_dir: &Path) -> TestServer {
     start_full(data_dir, Limits::default(), None).await
 }
 
+/// On the given store backend (the data dir still holds the embedded store, if chosen).
+pub async fn start_on(data_dir: &Path, store: StoreConfig) -> TestServer {
+    start_full_on(data_dir, store, Limits::default(), Some(TOKEN)).await
+}
+
 async fn start_full(data_dir: &Path, limits: Limits, token: Option<&str>) -> TestServer {
+    start_full_on(data_dir, StoreConfig::Embedded, limits, token).await
+}
+
+async fn start_full_on(
+    data_dir: &Path,
+    store: StoreConfig,
+    limits: Limits,
+    token: Option<&str>,
+) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = oneshot::channel::<()>();
     let opts = ServeOptions {
         data_dir: data_dir.to_path_buf(),
-        store: strata_apiserver::StoreConfig::Embedded,
+        store,
         bearer_token: token.map(str::to_string),
         crds: strata_apis::crds(),
     };
