@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::cel::Rules;
 use crate::error::Target;
 
 /// A printer column (`additionalPrinterColumns[]`).
@@ -40,6 +41,8 @@ pub struct ResourceDef {
     pub selectable_fields: Vec<String>,
     /// `openAPIV3Schema`; `None` for built-ins, which accept anything.
     pub schema: Option<Value>,
+    /// The schema's CEL rules and defaults, compiled; `None` when it has neither.
+    pub rules: Option<Arc<Rules>>,
     /// True for the kinds compiled into the server.
     pub builtin: bool,
 }
@@ -121,6 +124,8 @@ impl ResourceDef {
                 // Upstream's default when a CRD declares no columns.
                 None => vec![age_column()],
             };
+            let schema =
+                Some(v["schema"]["openAPIV3Schema"].clone()).filter(|s| !builtin && !s.is_null());
             out.push(ResourceDef {
                 group: spec["group"].as_str().unwrap_or_default().to_string(),
                 version: v["name"].as_str().unwrap_or_default().to_string(),
@@ -146,12 +151,8 @@ impl ResourceDef {
                     .filter_map(|f| f["jsonPath"].as_str())
                     .map(|p| p.trim_start_matches('.').to_string())
                     .collect(),
-                schema: if builtin {
-                    None
-                } else {
-                    Some(v["schema"]["openAPIV3Schema"].clone())
-                }
-                .filter(|s| !s.is_null()),
+                rules: schema.as_ref().and_then(Rules::compile).map(Arc::new),
+                schema,
                 builtin,
             });
         }

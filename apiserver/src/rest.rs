@@ -337,15 +337,25 @@ impl App {
 
     /// Parses a request body (JSON, or YAML for apply), and validates it against the schema.
     /// Returns the warnings for unknown fields when they are not an error.
+    /// Defaults, prunes and validates `obj` (structural schema, then CEL rules; `old` is the
+    /// stored object on update, for transition rules).
     fn check_schema(
         &self,
         req: &ResourceRequest,
         obj: &mut Value,
+        old: Option<&Value>,
     ) -> Result<Vec<String>, ApiError> {
         let Some(schema) = &req.def.schema else {
             return Ok(vec![]);
         };
-        let outcome = validation::validate(schema, obj);
+        if let Some(rules) = &req.def.rules {
+            rules.apply_defaults(schema, obj);
+        }
+        let mut outcome = validation::validate(schema, obj);
+        // CEL rules assume a structurally valid object, as upstream runs them only then.
+        if let (true, Some(rules)) = (outcome.causes.is_empty(), &req.def.rules) {
+            outcome.causes = rules.validate(schema, obj, old);
+        }
         let name = obj["metadata"]["name"]
             .as_str()
             .unwrap_or(req.name())
@@ -422,7 +432,7 @@ impl App {
                 )],
             ));
         }
-        let mut warnings = self.check_schema(req, &mut obj)?;
+        let mut warnings = self.check_schema(req, &mut obj, None)?;
         objects::prepare_create(&req.def, &mut obj, req.namespace.as_deref())?;
         if req.def.kind == "CustomResourceDefinition" {
             validate_crd(&req.def, &obj)?;
@@ -508,7 +518,7 @@ impl App {
         if resource_version(&old) != expected {
             return Err(ApiError::Conflict(req.def.target(&name)));
         }
-        let warnings = self.check_schema(req, &mut new)?;
+        let warnings = self.check_schema(req, &mut new, Some(&old))?;
         let (obj, _) = self.commit_update(req, &old, new, "Update", None)?;
         Ok(json_response_with_warnings(
             StatusCode::OK,
@@ -646,7 +656,7 @@ impl App {
             {
                 return Err(ApiError::Conflict(req.def.target(req.name())));
             }
-            let warnings = self.check_schema(req, &mut doc)?;
+            let warnings = self.check_schema(req, &mut doc, Some(&current))?;
             let op = if patch_type == PatchType::Apply {
                 "Apply"
             } else {
@@ -660,11 +670,10 @@ impl App {
                         &warnings,
                     ))
                 }
-                Err(ApiError::Conflict(_))
-                    if pinned.is_none() || patch_type == PatchType::Apply =>
-                {
-                    continue
-                }
+                // `pinned` holds the current object's resourceVersion whenever the patch did not
+                // set one, so it cannot tell the two apart; the next turn can: a patch that
+                // pinned a version now older than the object fails the check above.
+                Err(ApiError::Conflict(_)) => continue,
                 Err(e) => return Err(e),
             }
         }
