@@ -77,6 +77,8 @@ pub enum ApiError {
     NoSuchResource,
     #[error("{0}")]
     Expired(String),
+    #[error("the request body is too large: limit is {0} bytes")]
+    TooLarge(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -93,6 +95,7 @@ impl ApiError {
             ApiError::Unauthorized => 401,
             ApiError::MethodNotAllowed => 405,
             ApiError::Expired(_) => 410,
+            ApiError::TooLarge(_) => 413,
             ApiError::Internal(_) => 500,
         }
     }
@@ -109,6 +112,7 @@ impl ApiError {
             ApiError::Unauthorized => "Unauthorized",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Expired(_) => "Expired",
+            ApiError::TooLarge(_) => "RequestEntityTooLarge",
             ApiError::Internal(_) => "InternalError",
         }
     }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,10 @@ use crate::{discovery, openapi, watch};
 
 type AppState = State<Arc<App>>;
 type Params = Query<HashMap<String, String>>;
+
+/// Request bodies larger than this get 413, as kube-apiserver caps them (its
+/// `MaxRequestBodyBytes`, 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// Every route the server answers.
 pub fn router(app: Arc<App>) -> Router {
@@ -39,6 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/{*path}", any(core_resource))
         .route("/apis/{group}/{version}/{*path}", any(group_resource))
         .fallback(|| async { ApiError::NoSuchResource })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .with_state(app)
         // Merged after the auth layer: the console's files are public, and the page calls the
@@ -162,7 +168,7 @@ async fn core_resource(
     Query(query): Params,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     resource(app, "", "v1", &path, query, method, headers, body).await
 }
@@ -173,7 +179,7 @@ async fn group_resource(
     Query(query): Params,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     resource(app, &group, &version, &path, query, method, headers, body).await
 }
@@ -228,8 +234,15 @@ async fn resource(
     query: HashMap<String, String>,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return ApiError::TooLarge(MAX_BODY_BYTES).into_response()
+        }
+        Err(rejection) => return ApiError::BadRequest(rejection.body_text()).into_response(),
+    };
     let result = if method == Method::GET {
         // Reads are served from memory; watches need the async runtime.
         dispatch(app, group, version, path, query, method, headers, body)

@@ -278,46 +278,12 @@ spec:
     srv.stop().await;
 }
 
-/// A self-signed certificate for 127.0.0.1 made with the openssl CLI: (cert DER, PKCS#8 key DER).
-fn self_signed(dir: &Path) -> Option<(Vec<u8>, Vec<u8>)> {
-    let run = |args: &[&str]| {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let made = run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "cert.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=strata",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-    ]) && run(&[
-        "x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der",
-    ]) && run(&[
-        "pkcs8", "-topk8", "-nocrypt", "-in", "key.pem", "-outform", "DER", "-out", "key.der",
-    ]);
-    if !made {
-        return None;
-    }
-    Some((
-        std::fs::read(dir.join("cert.der")).ok()?,
-        std::fs::read(dir.join("key.der")).ok()?,
-    ))
+/// A self-signed certificate for 127.0.0.1: (cert DER, PKCS#8 key DER).
+fn self_signed() -> (Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed certificate");
+    (cert.der().to_vec(), key.serialize_der())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,10 +293,7 @@ async fn kubectl_sends_the_token_over_tls() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some((cert_der, key_der)) = self_signed(dir.path()) else {
-        eprintln!("SKIPPED: openssl could not make a test certificate");
-        return;
-    };
+    let (cert_der, key_der) = self_signed();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

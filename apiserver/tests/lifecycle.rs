@@ -16,7 +16,7 @@ fn vm(name: &str) -> VirtualMachine {
     VirtualMachine::new(
         name,
         VirtualMachineSpec {
-            instance_offering: "small".into(),
+            instance_offering: Some("small".into()),
             image: "cirros".into(),
             ..Default::default()
         },
