@@ -4,6 +4,10 @@
 pub const READY: &str = "Ready";
 /// Set on a VirtualMachine once a host has been chosen.
 pub const SCHEDULED: &str = "Scheduled";
+/// Set on a VirtualMachine once its root and data volumes exist on the chosen host's storage.
+pub const VOLUMES_READY: &str = "VolumesReady";
+/// Set on a VirtualMachine once every NIC has its address, MAC and security group rules.
+pub const NETWORK_READY: &str = "NetworkReady";
 
 /// Finalizer the VM controller holds until the VM's instance is gone and its IPs are released.
 pub const VM_FINALIZER: &str = "strata.io/vm-cleanup";

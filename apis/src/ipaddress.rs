@@ -1,14 +1,13 @@
 //! IpAddress: one allocated address of an L3Network.
 
-use kube::CustomResource;
-use schemars::JsonSchema;
+use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// An IpAddress records that one address of an L3Network is taken. Its name is derived from the
 /// network and the address (`<l3network>.<a>-<b>-<c>-<d>`), so creating it is the allocation:
 /// the API server refuses a second object of the same name, which makes addresses unique by
 /// construction rather than by read-then-write.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "strata.io",
     version = "v1alpha1",
@@ -18,13 +17,16 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"L3Network","type":"string","jsonPath":".spec.l3Network"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
     printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    selectable = ".spec.l3Network"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IpAddressSpec {
     /// The L3Network the address belongs to.
     pub l3_network: String,
     /// The IPv4 address.
+    #[schemars(length(max = 15))]
+    #[x_kube(validation = crate::cel::ipv4("address"))]
     pub address: String,
     /// The holder, as `<namespace>/<name>` of a VirtualMachine.
     pub owner: String,

@@ -4,7 +4,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A Zone groups clusters that share a failure domain. Networks and storage are attached per zone.
+use crate::{AdminState, Conditions};
+
+/// A Zone groups clusters, storage and networks that share a failure domain.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[kube(
     group = "strata.io",
@@ -12,7 +14,9 @@ use serde::{Deserialize, Serialize};
     kind = "Zone",
     status = "ZoneStatus",
     shortname = "zn",
+    shortname = "zone",
     category = "strata",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".spec.adminState"}"#,
     printcolumn = r#"{"name":"Description","type":"string","jsonPath":".spec.description"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -20,7 +24,11 @@ use serde::{Deserialize, Serialize};
 pub struct ZoneSpec {
     /// Free-form text shown to operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
+    /// `Disabled` stops new VMs from being placed anywhere in the zone.
+    #[serde(default)]
+    pub admin_state: AdminState,
 }
 
 /// Observed state of a Zone.
@@ -30,4 +38,7 @@ pub struct ZoneStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready` summarises the zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Conditions,
 }

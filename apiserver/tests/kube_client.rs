@@ -22,7 +22,7 @@ fn vm(name: &str) -> VirtualMachine {
     VirtualMachine::new(
         name,
         VirtualMachineSpec {
-            instance_offering: "small".into(),
+            instance_offering: Some("small".into()),
             image: "cirros".into(),
             ..Default::default()
         },
@@ -643,14 +643,17 @@ async fn server_side_apply_creates_updates_and_drops_fields() {
     let first = json!({
         "apiVersion": "strata.io/v1alpha1", "kind": "VirtualMachine",
         "metadata": {"name": "vm1", "labels": {"a": "1", "b": "2"}},
-        "spec": {"instanceOffering": "small", "image": "cirros", "host": "h1"}
+        "spec": {"instanceOffering": "small", "image": "cirros", "rootDiskSize": "10Gi"}
     });
     let created = vms
         .patch("vm1", &pp, &Patch::Apply(first))
         .await
         .expect("apply creates");
     assert_eq!(created.metadata.generation, Some(1));
-    assert_eq!(created.spec.host.as_deref(), Some("h1"));
+    assert_eq!(
+        created.spec.root_disk_size.as_ref().map(|q| q.0.as_str()),
+        Some("10Gi")
+    );
     let second = json!({
         "apiVersion": "strata.io/v1alpha1", "kind": "VirtualMachine",
         "metadata": {"name": "vm1", "labels": {"a": "1"}},
@@ -662,7 +665,7 @@ async fn server_side_apply_creates_updates_and_drops_fields() {
         .expect("apply updates");
     assert_eq!(updated.spec.image, "debian");
     assert_eq!(
-        updated.spec.host, None,
+        updated.spec.root_disk_size, None,
         "field dropped from the applied config is removed"
     );
     assert_eq!(updated.labels().get("b"), None);

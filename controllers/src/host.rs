@@ -17,7 +17,7 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::READY, quantity, Host, HostCapacity, HostStatus, VirtualMachineInstance,
+    condition::READY, quantity, Host, HostCapacity, HostState, HostStatus, VirtualMachineInstance,
     VirtualMachineInstanceSpec, SYSTEM_NAMESPACE,
 };
 use tracing::warn;
@@ -28,8 +28,6 @@ use crate::{
     Context, Error,
 };
 
-pub(crate) const CONNECTED: &str = "Connected";
-const DISCONNECTED: &str = "Disconnected";
 /// A disconnected host is re-checked this often even without a lease event.
 const RECHECK: Duration = Duration::from_secs(300);
 
@@ -94,9 +92,9 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
     }
     if current.state != status.state {
         let transition = if liveness.connected {
-            Transition::normal(CONNECTED, liveness.message.clone())
+            Transition::normal("Connected", liveness.message.clone())
         } else {
-            Transition::warning(DISCONNECTED, liveness.message.clone())
+            Transition::warning("Disconnected", liveness.message.clone())
         };
         events::publish(&ctx.recorder, host.as_ref(), vec![transition]).await;
     }
@@ -189,14 +187,11 @@ fn status(
 ) -> HostStatus {
     let mut status = current.clone();
     status.observed_generation = generation;
-    status.state = Some(
-        if liveness.connected {
-            CONNECTED
-        } else {
-            DISCONNECTED
-        }
-        .to_string(),
-    );
+    status.state = Some(if liveness.connected {
+        HostState::Connected
+    } else {
+        HostState::Disconnected
+    });
     status.allocated = Some(allocated);
     status.vm_count = Some(vm_count);
     conditions::set(
@@ -275,7 +270,7 @@ mod tests {
         let first = status(&HostStatus::default(), &fresh, cap(), 0, Some(1), now);
         let second = status(&first, &later, cap(), 0, Some(1), at(135));
         assert_eq!(first, second);
-        assert_eq!(first.state.as_deref(), Some(CONNECTED));
+        assert_eq!(first.state, Some(HostState::Connected));
     }
 
     #[test]

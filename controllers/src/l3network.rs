@@ -116,10 +116,11 @@ mod tests {
         L3NetworkSpec {
             cidr: cidr.into(),
             gateway: "10.0.0.1".into(),
-            ip_range: IpRange {
+            ip_ranges: vec![IpRange {
                 start: start.into(),
                 end: end.into(),
-            },
+            }],
+            ..L3NetworkSpec::default()
         }
     }
 
@@ -150,7 +151,7 @@ mod tests {
         assert_eq!(ready.status, "False");
         assert_eq!(ready.reason, "InvalidSpec");
         assert!(
-            ready.message.starts_with("spec.ipRange.end"),
+            ready.message.starts_with("spec.ipRanges[0].end"),
             "{}",
             ready.message
         );

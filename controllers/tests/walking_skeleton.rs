@@ -15,7 +15,7 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     condition::{LABEL_L3_NETWORK, READY},
-    Cluster, ClusterSpec, Host, HostCapacity, Image, ImageSpec, InstanceOffering,
+    Cluster, ClusterSpec, Host, HostCapacity, HostState, Image, ImageSpec, InstanceOffering,
     InstanceOfferingSpec, IpAddress, IpRange, L3Network, L3NetworkSpec, RunStrategy,
     VirtualMachine, VirtualMachineInstance, VirtualMachineSpec, VmNic, VmPhase, Zone, ZoneSpec,
 };
@@ -175,7 +175,7 @@ async fn inventory(client: &Client) {
     .await;
     let cluster = ClusterSpec {
         zone: "zone-1".into(),
-        hypervisor_type: "KVM".into(),
+        ..ClusterSpec::default()
     };
     create(
         &Api::all(client.clone()),
@@ -187,22 +187,24 @@ async fn inventory(client: &Client) {
         let spec = InstanceOfferingSpec {
             cpu: 1,
             memory: Quantity(memory.into()),
+            ..InstanceOfferingSpec::default()
         };
         create(&offerings, InstanceOffering::new(name, spec)).await;
     }
     let image = ImageSpec {
         url: "file:///images/tiny.qcow2".into(),
-        format: "qcow2".into(),
-        checksum: None,
+        ..ImageSpec::default()
     };
     create(&Api::all(client.clone()), Image::new("tiny", image)).await;
     let net = L3NetworkSpec {
+        l2_network: "l2-1".into(),
         cidr: "10.10.0.0/24".into(),
         gateway: "10.10.0.1".into(),
-        ip_range: IpRange {
+        ip_ranges: vec![IpRange {
             start: "10.10.0.10".into(),
             end: "10.10.0.250".into(),
-        },
+        }],
+        ..L3NetworkSpec::default()
     };
     create(&Api::all(client.clone()), L3Network::new("net-1", net)).await;
 }
@@ -211,13 +213,14 @@ fn vm(name: &str, offering: &str, l3: &str) -> VirtualMachine {
     VirtualMachine::new(
         name,
         VirtualMachineSpec {
-            instance_offering: offering.into(),
+            instance_offering: Some(offering.into()),
             image: "tiny".into(),
             nics: vec![VmNic {
                 l3_network: l3.into(),
+                ..VmNic::default()
             }],
             run_strategy: RunStrategy::Always,
-            host: None,
+            ..VirtualMachineSpec::default()
         },
     )
 }
@@ -243,11 +246,11 @@ async fn wait_pending_with(client: &Client, name: &str, reason: &str) -> String 
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
     wait_for(
         client,
-        &format!("{name} to be Pending with {reason}"),
+        &format!("{name} to be Created with {reason}"),
         || async {
             let vm = vms.get_opt(name).await.ok()??;
             let (got, message) = ready_reason(&vm);
-            (vm.status.as_ref()?.phase == VmPhase::Pending && got == reason).then_some(message)
+            (vm.status.as_ref()?.phase == VmPhase::Created && got == reason).then_some(message)
         },
     )
     .await
@@ -328,7 +331,7 @@ async fn vms_are_placed_addressed_run_and_cleaned_up() {
         let mut count = 0;
         for host in ["host-a", "host-b"] {
             let status = host_api.get(host).await.ok()?.status?;
-            if status.state.as_deref() != Some("Connected") {
+            if status.state != Some(HostState::Connected) {
                 return None;
             }
             count += status.vm_count?;
@@ -388,7 +391,7 @@ async fn a_silent_host_turns_disconnected_and_its_vms_unknown() {
     wait_for(&client, "host-x to be Disconnected", || async {
         let status = hosts.get("host-x").await.ok()?.status?;
         let ready = status.conditions.iter().find(|c| c.type_ == READY)?;
-        (status.state.as_deref() == Some("Disconnected") && ready.reason == "HeartbeatExpired")
+        (status.state == Some(HostState::Disconnected) && ready.reason == "HeartbeatExpired")
             .then_some(())
     })
     .await;

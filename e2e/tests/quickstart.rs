@@ -42,7 +42,11 @@ fn quickstart_vm_runs_is_deleted_and_objects_survive_a_restart() {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["NAME", "PHASE", "HOST", "IP", "AGE"], "{table}");
+    assert_eq!(
+        header,
+        ["NAME", "PHASE", "HOST", "IP", "CPU", "MEMORY", "AGE"],
+        "{table}"
+    );
     let row: Vec<&str> = table
         .lines()
         .nth(1)
@@ -52,6 +56,7 @@ fn quickstart_vm_runs_is_deleted_and_objects_survive_a_restart() {
     assert_eq!(row[..2], ["demo", "Running"], "{table}");
     assert!(row[2].starts_with("sim-host-"), "{table}");
     assert_eq!(row[3], ip.to_string(), "{table}");
+    assert_eq!(row[4..6], ["1", "512Mi"], "sized by the offering: {table}");
     let host = row[2].to_owned();
     let vmi_host = strata.ok(&["get", "vmi", "demo", "-o", "jsonpath={.spec.host}"]);
     assert_eq!(vmi_host, host, "the instance runs where the VM was placed");
@@ -95,7 +100,7 @@ fn quickstart_vm_runs_is_deleted_and_objects_survive_a_restart() {
 }
 
 #[test]
-fn vms_that_cannot_be_placed_stay_pending_with_a_reason() {
+fn vms_that_cannot_be_placed_stay_created_with_a_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let strata = Strata::start(
         dir.path(),
@@ -109,7 +114,7 @@ fn vms_that_cannot_be_placed_stay_pending_with_a_reason() {
          apiVersion: strata.io/v1alpha1\nkind: Image\nmetadata: {name: tiny}\n\
          spec: {url: 'file:///tiny.qcow2'}\n---\n\
          apiVersion: strata.io/v1alpha1\nkind: L3Network\nmetadata: {name: net}\n\
-         spec: {cidr: 10.20.0.0/24, gateway: 10.20.0.1, ipRange: {start: 10.20.0.10, end: 10.20.0.200}}\n---\n\
+         spec: {l2Network: l2, cidr: 10.20.0.0/24, gateway: 10.20.0.1, ipRanges: [{start: 10.20.0.10, end: 10.20.0.200}]}\n---\n\
          apiVersion: strata.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: too-big}\n\
          spec: {instanceOffering: huge, image: tiny, nics: [{l3Network: net}]}\n---\n\
          apiVersion: strata.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: lost}\n\
@@ -140,10 +145,10 @@ fn vms_that_cannot_be_placed_stay_pending_with_a_reason() {
         ])
     };
     strata.eventually("too-big to be Unschedulable", WAIT, || {
-        reason("too-big") == "Pending/Unschedulable"
+        reason("too-big") == "Created/Unschedulable"
     });
     strata.eventually("lost to miss its network", WAIT, || {
-        reason("lost") == "Pending/L3NetworkNotFound"
+        reason("lost") == "Created/L3NetworkNotFound"
     });
     let message = strata.ok(&[
         "get",

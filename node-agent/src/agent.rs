@@ -103,8 +103,7 @@ impl Agent {
         if hosts.get_opt(host).await.map_err(failed)?.is_none() {
             let spec = HostSpec {
                 cluster: self.config.cluster.clone(),
-                management_ip: None,
-                admin_state: "Enabled".into(),
+                ..HostSpec::default()
             };
             create_if_absent(&hosts, &Host::new(host, spec))
                 .await

@@ -24,8 +24,8 @@ pub(crate) const LABEL_OWNER_UID: &str = "strata.io/owner-uid";
 /// addresses are never handed out, whatever the range says.
 pub(crate) fn next_free(subnet: &Subnet, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let reserved = [subnet.net.network(), subnet.net.broadcast(), subnet.gateway];
-    (u32::from(subnet.start)..=u32::from(subnet.end))
-        .map(Ipv4Addr::from)
+    subnet
+        .addresses()
         .find(|a| !taken.contains(a) && !reserved.contains(a) && subnet.net.contains(a))
 }
 
@@ -60,10 +60,7 @@ pub(crate) async fn allocate(
                 None => {
                     return Ok(Err(Problem::new(
                         "IPRangeExhausted",
-                        format!(
-                            "L3Network {:?} has no free address in {}-{}",
-                            network.name, network.subnet.start, network.subnet.end
-                        ),
+                        format!("L3Network {:?} has no free address", network.name),
                     )))
                 }
             },
@@ -159,10 +156,11 @@ mod tests {
         L3NetworkSpec {
             cidr: cidr.into(),
             gateway: gateway.into(),
-            ip_range: IpRange {
+            ip_ranges: vec![IpRange {
                 start: start.into(),
                 end: end.into(),
-            },
+            }],
+            ..L3NetworkSpec::default()
         }
         .subnet()
         .expect("valid subnet")
@@ -195,8 +193,7 @@ mod tests {
     fn never_hands_out_network_broadcast_or_gateway() {
         // A range cannot include them (validation refuses it), but a hand-built subnet can.
         let mut s = subnet("10.0.0.0/30", "10.0.0.1", "10.0.0.2", "10.0.0.2");
-        s.start = "10.0.0.0".parse().unwrap();
-        s.end = "10.0.0.3".parse().unwrap();
+        s.ranges = vec![("10.0.0.0".parse().unwrap(), "10.0.0.3".parse().unwrap())];
         assert_eq!(next_free(&s, &ips(&[])), Some("10.0.0.2".parse().unwrap()));
         assert_eq!(next_free(&s, &ips(&["10.0.0.2"])), None);
     }

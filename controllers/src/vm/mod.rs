@@ -22,8 +22,9 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::VM_FINALIZER, l3network::Subnet, quantity, Host, Image, InstanceOffering, IpAddress,
-    L3Network, RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineStatus,
+    condition::VM_FINALIZER, l3network::Subnet, quantity, Host, HostAdminState, HostState, Image,
+    InstanceOffering, IpAddress, L3Network, RunStrategy, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineStatus,
 };
 use tracing::warn;
 
@@ -32,7 +33,7 @@ use self::{
     schedule::{Candidate, Placement, Resources},
     status::Observation,
 };
-use crate::{events, host::CONNECTED, Context, Error};
+use crate::{events, Context, Error};
 
 /// A VM blocked on something the user must fix is retried this often anyway, in case the
 /// watch that would wake it was missed.
@@ -85,7 +86,12 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     .watches(
         Api::<InstanceOffering>::all(client.clone()),
         watcher::Config::default(),
-        move |o| referring(&offerings, |vm| vm.spec.instance_offering == o.name_any()),
+        move |o| {
+            let name = o.name_any();
+            referring(&offerings, |vm| {
+                vm.spec.instance_offering.as_ref() == Some(&name)
+            })
+        },
     )
     .watches(
         Api::<Image>::all(client.clone()),
@@ -201,7 +207,14 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             }
             host.clone()
         }
-        None => match schedule(ctx, &key, resolved.size, vm.spec.host.as_deref()).await {
+        None => match schedule(
+            ctx,
+            &key,
+            resolved.size,
+            vm.spec.placement.as_ref().and_then(|p| p.host.as_deref()),
+        )
+        .await
+        {
             Ok(host) => {
                 // The placement is recorded before anything else, so a crash after this point
                 // resumes on the same host instead of scheduling the VM again.
@@ -209,6 +222,8 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
                     host: host.clone(),
                     instance: None,
                     host_connected: true,
+                    cpu: resolved.size.cpu,
+                    memory: resolved.memory.clone(),
                 };
                 if let Err(error) =
                     update_status(ctx, vm, &current, placed, current.nics.clone()).await
@@ -241,12 +256,16 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             host_connected: host_connected(ctx, &host),
             host,
             instance: reported,
+            cpu: resolved.size.cpu,
+            memory: resolved.memory.clone(),
         },
         Applied::Replacing => {
             let observation = Observation::Placed {
                 host,
                 instance: None,
                 host_connected: true,
+                cpu: resolved.size.cpu,
+                memory: resolved.memory.clone(),
             };
             update_status(ctx, vm, &current, observation, nics).await?;
             return Ok(Action::requeue(REPLACING_RETRY));
@@ -336,23 +355,34 @@ async fn release_addresses(ctx: &Context, vm: &VirtualMachine) -> Result<(), Err
     Ok(())
 }
 
-/// Fetches and validates the offering, image and networks the VM names.
+/// Fetches and validates the offering (or explicit size), image and networks the VM names.
 async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, Problem>, Error> {
-    let Some(offering) = get::<InstanceOffering>(ctx, &vm.spec.instance_offering).await? else {
-        return Ok(Err(not_found(
-            "InstanceOffering",
-            &vm.spec.instance_offering,
-        )));
+    let (what, cpu, memory) = match &vm.spec.instance_offering {
+        Some(name) => {
+            let Some(offering) = get::<InstanceOffering>(ctx, name).await? else {
+                return Ok(Err(not_found("InstanceOffering", name)));
+            };
+            (
+                format!("InstanceOffering {name:?}"),
+                offering.spec.cpu,
+                offering.spec.memory,
+            )
+        }
+        None => (
+            "the VM".to_string(),
+            vm.spec.cpu.unwrap_or_default(),
+            vm.spec.memory.clone().unwrap_or_default(),
+        ),
     };
-    let memory = match quantity::parse_quantity(&offering.spec.memory) {
-        Ok(bytes) if bytes > 0 && offering.spec.cpu > 0 => bytes,
+    let memory_bytes = match quantity::parse_quantity(&memory) {
+        Ok(bytes) if bytes > 0 && cpu > 0 => bytes,
         _ => {
             return Ok(Err(Problem::new(
                 "InstanceOfferingInvalid",
                 format!(
-                    "InstanceOffering {:?} needs at least 1 cpu and a memory quantity, has cpu {} and memory {:?}",
-                    vm.spec.instance_offering, offering.spec.cpu, offering.spec.memory.0
-                ),
+                "{what} needs at least 1 cpu and a memory quantity, has cpu {cpu} and memory {:?}",
+                memory.0
+            ),
             )))
         }
     };
@@ -379,10 +409,10 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
     }
     Ok(Ok(Resolved {
         size: Resources {
-            cpu: offering.spec.cpu,
-            memory,
+            cpu,
+            memory: memory_bytes,
         },
-        memory: offering.spec.memory.clone(),
+        memory,
         image_url: image.spec.url.clone(),
         networks,
     }))
@@ -466,8 +496,8 @@ fn candidate(host: &Host, usage: &HashMap<String, Resources>) -> Candidate {
         })
     });
     Candidate {
-        ready: status.is_some_and(|s| s.state.as_deref() == Some(CONNECTED)),
-        enabled: host.spec.admin_state == "Enabled",
+        ready: status.is_some_and(|s| s.state == Some(HostState::Connected)),
+        enabled: host.spec.admin_state == HostAdminState::Enabled,
         capacity,
         used: usage.get(&name).copied().unwrap_or_default(),
         name,
@@ -478,7 +508,7 @@ fn host_connected(ctx: &Context, host: &str) -> bool {
     ctx.hosts.get(&ObjectRef::new(host)).is_some_and(|h| {
         h.status
             .as_ref()
-            .is_some_and(|s| s.state.as_deref() == Some(CONNECTED))
+            .is_some_and(|s| s.state == Some(HostState::Connected))
     })
 }
 

@@ -1,7 +1,7 @@
 //! The VM's status, computed in one place from what the reconcile found, and the Events its
 //! transitions deserve.
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use strata_apis::{
     condition::{READY, SCHEDULED},
     VirtualMachineInstanceStatus, VirtualMachineStatus, VmNicStatus, VmPhase, VmiPhase,
@@ -20,11 +20,14 @@ pub(crate) enum Observation {
     Blocked(Problem),
     /// No host fits; the message says why.
     Unschedulable(String),
-    /// Placed on `host`; the instance reports `instance` (None until it exists).
+    /// Placed on `host` with `cpu` and `memory`; the instance reports `instance` (None until
+    /// it exists).
     Placed {
         host: String,
         instance: Option<VirtualMachineInstanceStatus>,
         host_connected: bool,
+        cpu: i64,
+        memory: Quantity,
     },
     /// `runStrategy: Halted`; the instance may still be going away.
     Halted { instance_exists: bool },
@@ -129,7 +132,7 @@ pub(crate) fn compute(
                 ));
             }
             set(Desired::new(READY, false, problem.reason, problem.message));
-            (VmPhase::Pending, current.host.clone())
+            (VmPhase::Created, current.host.clone())
         }
         Observation::Unschedulable(message) => {
             set(Desired::new(
@@ -139,13 +142,17 @@ pub(crate) fn compute(
                 message.clone(),
             ));
             set(Desired::new(READY, false, "Unschedulable", message));
-            (VmPhase::Pending, None)
+            (VmPhase::Created, None)
         }
         Observation::Placed {
             host,
             instance,
             host_connected,
+            cpu,
+            memory,
         } => {
+            status.cpu = Some(cpu);
+            status.memory = Some(memory);
             set(Desired::new(
                 SCHEDULED,
                 true,
@@ -224,7 +231,7 @@ pub(crate) fn transitions(
             _ => {}
         }
     }
-    if new.phase == VmPhase::Pending {
+    if new.phase == VmPhase::Created {
         if let Some(ready) = ready.filter(|r| old_ready.is_none_or(|o| o.reason != r.reason)) {
             events.push(Transition::warning(ready.reason.clone(), message));
         }
@@ -250,6 +257,8 @@ mod tests {
             host: "h1".into(),
             instance: phase.map(vmi),
             host_connected,
+            cpu: 1,
+            memory: Quantity("1Gi".into()),
         }
     }
 
@@ -314,7 +323,7 @@ mod tests {
             Some(1),
             t(0),
         );
-        assert_eq!(pending.phase, VmPhase::Pending);
+        assert_eq!(pending.phase, VmPhase::Created);
         let scheduled = conditions::get(&pending.conditions, SCHEDULED).expect("Scheduled");
         assert_eq!(
             (scheduled.status.as_str(), scheduled.reason.as_str()),
@@ -375,7 +384,7 @@ mod tests {
         );
         assert_eq!(
             (unschedulable.phase, unschedulable.host.as_deref()),
-            (VmPhase::Pending, None)
+            (VmPhase::Created, None)
         );
         let ready = conditions::get(&unschedulable.conditions, READY).expect("Ready");
         assert_eq!(ready.reason, "Unschedulable");

@@ -1,0 +1,50 @@
+//! Small types several kinds share.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Whether an infrastructure object takes new work. Disabling keeps what already runs.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum AdminState {
+    /// Takes new VMs, volumes or addresses.
+    #[default]
+    Enabled,
+    /// Keeps what it has, takes nothing new.
+    Disabled,
+}
+
+/// What deleting an object does to the resources behind it (ZStack's deletion policy).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Destroy the resources at once.
+    Direct,
+    /// Keep them recoverable for the expunge period in GlobalConfig, then destroy them.
+    #[default]
+    Delay,
+    /// Never destroy them; an operator expunges them by hand.
+    Never,
+}
+
+/// An inclusive range of TCP or UDP ports.
+#[derive(kube::KubeSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[x_kube(validation = crate::cel::ordered_range("ports"))]
+pub struct PortRange {
+    /// First port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub start: u16,
+    /// Last port (inclusive); equal to `start` for a single port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub end: u16,
+}
+
+/// A NIC of a VirtualMachine in the same namespace, for EIPs and port forwarding.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmNicRef {
+    /// Name of the VirtualMachine.
+    #[schemars(length(min = 1, max = 253))]
+    pub virtual_machine: String,
+    /// The L3Network of the NIC; the VM's default NIC when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l3_network: Option<String>,
+}
