@@ -42,7 +42,7 @@ fn every_example_applies_without_error() {
         );
     }
     let vms = strata.ok(&["get", "vm", "-n", "tenant-a", "-o", "name"]);
-    assert_eq!(vms.lines().count(), 3, "{vms}");
+    assert_eq!(vms.lines().count(), 4, "{vms}");
     strata.stop();
 }
 
@@ -60,8 +60,17 @@ fn invalid_manifests_are_refused_naming_the_field_and_leave_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let strata = Strata::start(dir.path(), &["--sim-hosts", "0"]);
     let ns = "e2e-invalid";
-    strata.ok(&["create", "namespace", ns]);
-    strata.ok(&["label", "namespace", ns, "strata.io/e2e=manifests"]);
+    // Applied from YAML: `kubectl create namespace` speaks protobuf, which the server does not.
+    let namespace = dir.path().join("namespace.yaml");
+    std::fs::write(
+        &namespace,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  \
+             labels: {{strata.io/e2e: manifests}}\n"
+        ),
+    )
+    .expect("manifest written");
+    strata.ok(&["apply", "-f", path_str(&namespace)]);
     let fixtures = yaml_files(&repo_file("manifests/examples/invalid"));
     assert!(fixtures.len() >= 40, "one manifest per rule");
     let mut wrong = Vec::new();
