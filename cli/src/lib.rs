@@ -1,5 +1,6 @@
 //! Subcommands of the `strata` binary, as a library so tests can call them.
 
+pub mod bench;
 pub mod crdgen;
 pub mod kubeconfig;
 pub mod pki;
@@ -37,6 +38,8 @@ pub enum Error {
     Agent(#[source] strata_node_agent::Error),
     #[error("failed to issue the API server's certificate")]
     Pki(#[source] rcgen::Error),
+    #[error("benchmark failed")]
+    Bench(#[source] Box<bench::Error>),
     #[error("invalid --sim-host-memory {0:?}")]
     Memory(String, #[source] strata_apis::quantity::QuantityError),
 }

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use strata_cli::{crdgen, up};
+use strata_cli::{bench, crdgen, up};
 
 #[derive(Parser)]
 #[command(
@@ -26,15 +26,25 @@ enum Command {
     Up(up::UpArgs),
     /// Write the CustomResourceDefinitions of every Strata kind as YAML.
     Crdgen(crdgen::CrdgenArgs),
+    /// Measure VM create/delete at scale, the API against raw etcd, list, watch and memory.
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    // A bench runs a thousand agents whose info lines would bury its progress.
+    let default_level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_json, default_level);
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Crdgen(args) => crdgen::run(&args),
+        Command::Bench(args) => bench::run(args)
+            .await
+            .map_err(|e| strata_cli::Error::Bench(Box::new(e))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -46,8 +56,9 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_tracing(json: bool, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -69,31 +69,103 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 pub async fn run(args: UpArgs) -> Result<(), Error> {
     let memory = strata_apis::quantity::parse(&args.sim_host_memory)
         .map_err(|e| Error::Memory(args.sim_host_memory.clone(), e))?;
-    std::fs::create_dir_all(&args.data_dir).map_err(|source| Error::Io {
+    let hosts = (1..=args.sim_hosts)
+        .map(|i| SimHost {
+            name: format!("sim-host-{i}"),
+            cluster: args.sim_cluster.clone(),
+        })
+        .collect();
+    let plane = start(ControlPlaneOptions {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen.clone(),
+        hosts,
+        host_capacity: HostCapacity {
+            cpu: args.sim_host_cpu,
+            memory: strata_apis::quantity::format_bytes(memory),
+        },
+        heartbeat: args.heartbeat_seconds,
+        host_lease_timeout: args.host_lease_timeout_seconds,
+        store: args.store(),
+    })
+    .await?;
+
+    let dial = kubeconfig::dial_addr(plane.addr);
+    let token = kubeconfig::load_or_create_token(&args.data_dir)?;
+    println!(
+        "Strata is up: {} simulated host(s), API at https://{dial}",
+        args.sim_hosts
+    );
+    println!(
+        "export KUBECONFIG={}",
+        absolute(&plane.kubeconfig).display()
+    );
+    println!("Dashboard: https://{dial}/ui/#token={token}");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    plane.stop().await
+}
+
+/// One simulated host of an in-process control plane.
+#[derive(Clone, Debug)]
+pub struct SimHost {
+    pub name: String,
+    pub cluster: String,
+}
+
+/// What [`start`] runs: `strata up` and `strata bench` differ only in these.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneOptions {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub hosts: Vec<SimHost>,
+    /// What every simulated host reports.
+    pub host_capacity: HostCapacity,
+    pub heartbeat: Duration,
+    pub host_lease_timeout: Duration,
+    /// Where the API server keeps objects.
+    pub store: strata_apiserver::StoreConfig,
+}
+
+/// The API server, the controllers and the simulated agents running in this process.
+pub struct ControlPlane {
+    /// Where the API listens.
+    pub addr: std::net::SocketAddr,
+    /// The kubeconfig every in-process component uses, written under the data dir.
+    pub kubeconfig: PathBuf,
+    stop_tx: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), strata_apiserver::Error>>,
+    workers: tokio::task::JoinSet<()>,
+}
+
+/// Starts the API server on the embedded store, every controller and one agent per simulated
+/// host, and returns once the server listens; agents register in the background.
+pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| Error::Io {
         action: "create",
-        path: args.data_dir.clone(),
+        path: opts.data_dir.clone(),
         source,
     })?;
-    let token = kubeconfig::load_or_create_token(&args.data_dir)?;
+    let token = kubeconfig::load_or_create_token(&opts.data_dir)?;
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|source| Error::Listen {
-            addr: args.listen.clone(),
+            addr: opts.listen.clone(),
             source,
         })?;
     let addr = listener.local_addr().map_err(|source| Error::Listen {
-        addr: args.listen.clone(),
+        addr: opts.listen.clone(),
         source,
     })?;
-    let identity = pki::serving_identity(&args.data_dir, addr.ip())?;
-    let kubeconfig_path = kubeconfig::write(&args.data_dir, addr, &token, &identity.ca_pem)?;
+    let identity = pki::serving_identity(&opts.data_dir, addr.ip())?;
+    let kubeconfig_path = kubeconfig::write(&opts.data_dir, addr, &token, &identity.ca_pem)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(strata_apiserver::serve_tls(
         strata_apiserver::ServeOptions {
-            data_dir: args.data_dir.clone(),
-            store: args.store(),
+            data_dir: opts.data_dir.clone(),
+            store: opts.store.clone(),
             bearer_token: Some(token),
             crds: strata_apis::crds(),
         },
@@ -104,12 +176,12 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
         listener,
         wait_for(stop_rx),
     ));
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "api server listening");
+    tracing::info!(%addr, data_dir = %opts.data_dir.display(), "api server listening");
 
     let client = client(&kubeconfig_path).await?;
     let mut workers = tokio::task::JoinSet::new();
     let controller_opts = strata_controllers::ControllerOptions {
-        host_lease_timeout: args.host_lease_timeout_seconds,
+        host_lease_timeout: opts.host_lease_timeout,
     };
     workers.spawn({
         let client = client.clone();
@@ -119,17 +191,13 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
             }
         }
     });
-    for i in 1..=args.sim_hosts {
-        let capacity = HostCapacity {
-            cpu: args.sim_host_cpu,
-            memory: strata_apis::quantity::format_bytes(memory),
-        };
-        let driver = SimDriver::new(&capacity).map_err(Error::Agent)?;
+    for host in opts.hosts {
+        let driver = SimDriver::new(&opts.host_capacity).map_err(Error::Agent)?;
         let config = AgentConfig {
-            host_name: format!("sim-host-{i}"),
-            cluster: args.sim_cluster.clone(),
-            capacity,
-            heartbeat_interval: args.heartbeat_seconds,
+            host_name: host.name,
+            cluster: host.cluster,
+            capacity: opts.host_capacity.clone(),
+            heartbeat_interval: opts.heartbeat,
         };
         let agent = Agent::new(client.clone(), config, Arc::new(driver));
         workers.spawn(async move {
@@ -143,27 +211,33 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
     // waiting by an idle connection of ours.
     drop(client);
 
-    println!(
-        "Strata is up: {} simulated host(s), API at http://{addr}",
-        args.sim_hosts
-    );
-    println!("export KUBECONFIG={}", absolute(&kubeconfig_path).display());
+    Ok(ControlPlane {
+        addr,
+        kubeconfig: kubeconfig_path,
+        stop_tx,
+        server,
+        workers,
+    })
+}
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    workers.shutdown().await;
-    let _ = stop_tx.send(true);
-    match server.await {
-        Ok(result) => result.map_err(Error::ApiServer),
-        Err(join) => {
-            tracing::error!(error = %join, "api server task failed");
-            Ok(())
+impl ControlPlane {
+    /// Stops agents and controllers before the API server, so nothing writes to a store that
+    /// is closing.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        self.workers.shutdown().await;
+        let _ = self.stop_tx.send(true);
+        match self.server.await {
+            Ok(result) => result.map_err(Error::ApiServer),
+            Err(join) => {
+                tracing::error!(error = %join, "api server task failed");
+                Ok(())
+            }
         }
     }
 }
 
 /// The in-process components use the same kubeconfig users get, so they exercise the same path.
-async fn client(kubeconfig_path: &std::path::Path) -> Result<kube::Client, Error> {
+pub async fn client(kubeconfig_path: &std::path::Path) -> Result<kube::Client, Error> {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path)
         .map_err(|e| Error::Client(kube::Error::InferKubeconfig(e)))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
