@@ -53,6 +53,15 @@ impl Target {
     }
 }
 
+/// The details of an apply conflict: the message lists each conflict, the causes name each
+/// field (`FieldManagerConflict`).
+#[derive(Debug)]
+pub struct ApplyConflict {
+    pub target: Target,
+    pub message: String,
+    pub causes: Vec<Cause>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("not found")]
@@ -61,6 +70,9 @@ pub enum ApiError {
     AlreadyExists(Target),
     #[error("conflict")]
     Conflict(Target),
+    /// A server-side apply that would change fields other managers own (boxed: it is large).
+    #[error("{}", .0.message)]
+    ApplyConflict(Box<ApplyConflict>),
     #[error("invalid")]
     Invalid(Target, Vec<Cause>),
     #[error("{0}")]
@@ -87,7 +99,7 @@ impl ApiError {
     pub fn code(&self) -> u16 {
         match self {
             ApiError::NotFound(_) | ApiError::NoSuchResource => 404,
-            ApiError::AlreadyExists(_) | ApiError::Conflict(_) => 409,
+            ApiError::AlreadyExists(_) | ApiError::Conflict(_) | ApiError::ApplyConflict(..) => 409,
             ApiError::Invalid(..) => 422,
             ApiError::BadRequest(_) => 400,
             ApiError::Forbidden(_) => 403,
@@ -104,7 +116,7 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) | ApiError::NoSuchResource => "NotFound",
             ApiError::AlreadyExists(_) => "AlreadyExists",
-            ApiError::Conflict(_) => "Conflict",
+            ApiError::Conflict(_) | ApiError::ApplyConflict(..) => "Conflict",
             ApiError::Invalid(..) => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Forbidden(_) => "Forbidden",
@@ -154,12 +166,20 @@ impl ApiError {
         let target = match self {
             ApiError::NotFound(t) | ApiError::AlreadyExists(t) | ApiError::Conflict(t) => Some(t),
             ApiError::Invalid(t, _) => Some(t),
+            ApiError::ApplyConflict(c) => Some(&c.target),
             _ => None,
         };
         if let Some(t) = target {
             let mut details = json!({"name": t.name, "group": t.group, "kind": t.resource});
-            if let ApiError::Invalid(t, causes) = self {
-                details["kind"] = json!(t.kind);
+            let causes = match self {
+                ApiError::Invalid(t, causes) => {
+                    details["kind"] = json!(t.kind);
+                    Some(causes)
+                }
+                ApiError::ApplyConflict(c) => Some(&c.causes),
+                _ => None,
+            };
+            if let Some(causes) = causes {
                 details["causes"] = causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))

@@ -26,6 +26,7 @@ pub mod patch;
 pub mod registry;
 pub mod rest;
 pub mod selectors;
+pub mod ssa;
 pub mod store;
 pub mod table;
 #[doc(hidden)]

@@ -4,7 +4,6 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Cause};
-use crate::patch::managed_fields_of;
 use crate::registry::ResourceDef;
 
 pub fn now() -> String {
@@ -294,15 +293,6 @@ pub fn record_manager(
         .collect();
     entries.push(entry);
     m.insert("managedFields".into(), Value::Array(entries));
-}
-
-/// The FieldsV1 set a manager's update writes; for `/status` only the status part.
-pub fn update_fields(obj: &Value, status_only: bool) -> Value {
-    if status_only {
-        managed_fields_of(&json!({"status": obj.get("status").cloned().unwrap_or(Value::Null)}))
-    } else {
-        managed_fields_of(obj)
-    }
 }
 
 #[cfg(test)]

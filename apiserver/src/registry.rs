@@ -48,6 +48,13 @@ pub struct ResourceDef {
 }
 
 impl ResourceDef {
+    /// The schema server-side apply types fields by; kinds without one are all granular
+    /// objects and atomic lists.
+    pub fn ssa_schema(&self) -> &Value {
+        static NONE: Value = Value::Null;
+        self.schema.as_ref().unwrap_or(&NONE)
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()

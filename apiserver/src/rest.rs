@@ -10,7 +10,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::cache::{resource_version, Cache};
-use crate::error::{ApiError, Cause};
+use crate::error::{ApiError, ApplyConflict, Cause};
 use crate::gc::Propagation;
 use crate::handlers::json_response_with_warnings;
 use crate::objects::{self, finalizers, is_terminating, meta_mut};
@@ -19,7 +19,7 @@ use crate::registry::{Registry, ResourceDef};
 use crate::selectors::{field_value, FieldSelector, LabelSelector};
 use crate::store::StoreError;
 use crate::table::{self, IncludeObject, Rendering};
-use crate::validation;
+use crate::{ssa, validation};
 
 const CRD_PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
 const NAMESPACE_PREFIX: &str = "/registry/namespaces/";
@@ -442,7 +442,10 @@ impl App {
             obj["status"] = json!({"phase": "Active"});
         }
         let manager = req.manager();
-        let fields = objects::update_fields(&obj, false);
+        let fields = ssa::to_fields_v1(&ssa::set_of(
+            req.def.ssa_schema(),
+            &ssa::owned_part(&obj, false),
+        ));
         objects::record_manager(
             &mut obj,
             &manager,
@@ -544,16 +547,21 @@ impl App {
             validate_crd(&req.def, &new)?;
             crd_status(&mut new);
         }
-        let fields =
-            apply_fields.unwrap_or_else(|| objects::update_fields(&new, req.status_only()));
-        objects::record_manager(
-            &mut new,
-            &req.manager(),
-            operation,
-            &req.def.api_version(),
-            req.subresource.as_deref(),
-            fields,
-        );
+        let manager = req.manager();
+        let fields = match apply_fields {
+            Some(fields) => Some(fields),
+            None => self.update_ownership(req, &manager, old, &mut new),
+        };
+        if let Some(fields) = fields {
+            objects::record_manager(
+                &mut new,
+                &manager,
+                operation,
+                &req.def.api_version(),
+                req.subresource.as_deref(),
+                fields,
+            );
+        }
         let key = req.key();
         let expected = resource_version(old);
         if is_terminating(&new) && finalizers(&new).is_empty() {
@@ -632,19 +640,7 @@ impl App {
                 }
                 PatchType::Apply => {
                     let applied = parse_apply(body)?;
-                    let new_fields = if req.status_only() {
-                        objects::update_fields(&applied, true)
-                    } else {
-                        patch::managed_fields_of(&applied)
-                    };
-                    let (own, others) =
-                        manager_fields(&current, manager, req.subresource.as_deref());
-                    patch::merge_applied(&mut doc, &applied);
-                    if let Some(own) = own {
-                        let others: Vec<&Value> = others.iter().collect();
-                        patch::remove_dropped_fields(&mut doc, &own, &new_fields, &others);
-                    }
-                    apply_fields = Some(new_fields);
+                    apply_fields = Some(self.apply(req, manager, &current, &mut doc, &applied)?);
                 }
             }
             let pinned = doc["metadata"]["resourceVersion"]
@@ -683,7 +679,10 @@ impl App {
     /// Server-side apply of an object that does not exist yet creates it.
     fn apply_create(&self, req: &ResourceRequest, body: &[u8]) -> Result<Response, ApiError> {
         let mut obj = parse_apply(body)?;
-        let fields = patch::managed_fields_of(&obj);
+        let fields = ssa::to_fields_v1(&ssa::set_of(
+            req.def.ssa_schema(),
+            &ssa::owned_part(&obj, false),
+        ));
         if obj["metadata"]["name"]
             .as_str()
             .is_some_and(|n| n != req.name())
@@ -844,6 +843,95 @@ impl App {
         Ok(Deleted::Gone((*gone).clone()))
     }
 
+    /// Server-side apply of `applied` onto `doc` (the current object): checks conflicts,
+    /// moves ownership when forced, merges, and removes what the applier stopped setting.
+    /// Returns the applier's new FieldsV1.
+    fn apply(
+        &self,
+        req: &ResourceRequest,
+        manager: &str,
+        current: &Value,
+        doc: &mut Value,
+        applied: &Value,
+    ) -> Result<Value, ApiError> {
+        let schema = req.def.ssa_schema();
+        let me = ssa::Manager {
+            name: manager,
+            operation: "Apply",
+            subresource: req.subresource.as_deref(),
+        };
+        let part = ssa::owned_part(applied, req.status_only());
+        let new_set = ssa::set_of(schema, &part);
+        let conflicts = ssa::find_conflicts(current, me, &new_set, &part);
+        if !conflicts.is_empty() {
+            if req.param("force") != Some("true") {
+                let causes = conflicts
+                    .iter()
+                    .map(|c| {
+                        Cause::new(
+                            "FieldManagerConflict",
+                            ssa::Display(&c.path).to_string(),
+                            format!("conflict with {}", c.manager),
+                        )
+                    })
+                    .collect();
+                return Err(ApiError::ApplyConflict(Box::new(ApplyConflict {
+                    target: req.def.target(req.name()),
+                    message: ssa::conflict_message(&conflicts),
+                    causes,
+                })));
+            }
+            let taken = conflicts.into_iter().map(|c| c.path).collect();
+            ssa::disown(doc, me, &taken);
+        }
+        let old_set = ssa::owned_by(doc, me);
+        let others = ssa::owned_by_others(doc, me);
+        ssa::merge(schema, doc, &part);
+        ssa::remove_dropped(doc, &old_set, &new_set, &others);
+        Ok(ssa::to_fields_v1(&new_set))
+    }
+
+    /// An update owns the fields whose values it changed, taken from other managers; fields it
+    /// removed leave every manager. Returns the updater's new FieldsV1, `None` if it owns
+    /// nothing (then it gets no entry, as upstream).
+    fn update_ownership(
+        &self,
+        req: &ResourceRequest,
+        manager: &str,
+        old: &Value,
+        new: &mut Value,
+    ) -> Option<Value> {
+        let schema = req.def.ssa_schema();
+        let status_only = req.status_only();
+        let (taken, gone) = ssa::update_ownership(
+            schema,
+            &ssa::owned_part(old, status_only),
+            &ssa::owned_part(new, status_only),
+        );
+        let me = ssa::Manager {
+            name: manager,
+            operation: "Update",
+            subresource: req.subresource.as_deref(),
+        };
+        let mut mine = ssa::owned_by(new, me);
+        mine.retain(|p| !gone.iter().any(|g| p.starts_with(g)));
+        mine.extend(taken.iter().cloned());
+        let mut disowned = taken;
+        disowned.extend(gone);
+        ssa::disown(new, me, &disowned);
+        if mine.is_empty() {
+            if let Some(entries) = new["metadata"]["managedFields"].as_array_mut() {
+                entries.retain(|e| {
+                    !(e["manager"] == manager
+                        && e["operation"] == "Update"
+                        && e["subresource"].as_str() == req.subresource.as_deref())
+                });
+            }
+            return None;
+        }
+        Some(ssa::to_fields_v1(&mine))
+    }
+
     fn after_write(&self, def: &ResourceDef) {
         if def.builtin && def.kind == "CustomResourceDefinition" {
             self.rebuild_registry();
@@ -937,32 +1025,6 @@ impl DeleteOptions {
                 .map(str::to_string),
         })
     }
-}
-
-/// The FieldsV1 sets of `manager`'s previous apply and of every other manager.
-fn manager_fields(
-    obj: &Value,
-    manager: &str,
-    subresource: Option<&str>,
-) -> (Option<Value>, Vec<Value>) {
-    let mut own = None;
-    let mut others = Vec::new();
-    for e in obj["metadata"]["managedFields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let fields = e["fieldsV1"].clone();
-        if e["manager"] == json!(manager)
-            && e["operation"] == json!("Apply")
-            && e["subresource"].as_str() == subresource
-        {
-            own = Some(fields);
-        } else {
-            others.push(fields);
-        }
-    }
-    (own, others)
 }
 
 fn random_suffix() -> String {

@@ -149,8 +149,17 @@ async fn kubectl_apply_get_delete() {
         .contains("debian"));
     assert!(k.ok(&["apply", "-f", &changed]).await.contains("unchanged"));
 
-    // Server-side apply, merge and json patches, labels.
-    k.ok(&["apply", "--server-side", "-f", &vm]).await;
+    // Server-side apply of a value the client-side apply set: a conflict, as upstream, until
+    // forced. Then merge and json patches, labels.
+    let (ok, _, err) = k.run(&["apply", "--server-side", "-f", &vm]).await;
+    assert!(
+        !ok && err
+            .contains("Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\"")
+            && err.contains(".spec.image"),
+        "{err}"
+    );
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &vm])
+        .await;
     k.ok(&[
         "patch",
         "vm",
