@@ -33,9 +33,10 @@ pub fn acceptor(identity: &TlsIdentity) -> Result<TlsAcceptor, tokio_rustls::rus
             vec![CertificateDer::from(identity.cert_der.clone())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone())),
         )?;
-    // Only HTTP/1.1: the workspace's axum is built without its http2 feature, and a client
-    // that negotiated h2 would find the connection closed.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 first: browsers open at most six HTTP/1.1 connections to a server, and the dashboard
+    // holds one watch per collection; over h2 they share one connection. Clients without h2
+    // (and kubectl, which negotiates either) still get HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -16,7 +16,8 @@ const COLLECTIONS = {
 };
 
 const main = document.getElementById('main');
-const ui = { query: '', phase: '', host: '' };
+const ui = { query: '', phase: '', host: '', message: '' };
+let lastHtml = '';
 let api = null;
 let informers = {};
 let scheduled = false;
@@ -45,13 +46,18 @@ function render() {
   const focused = document.activeElement && document.activeElement.id === 'search';
   const html = {
     vms: () => views.vmList(s, ui.query, ui.phase, ui.host),
-    vm: () => views.vmDetail(s, decodeURIComponent(rest[0] || ''), decodeURIComponent(rest[1] || '')),
+    vm: () => views.vmDetail(s, decodeURIComponent(rest[0] || ''), decodeURIComponent(rest[1] || ''), ui.message),
     hosts: () => views.hostList(s),
     networks: () => views.networkList(s),
     storage: () => views.storageList(s, informers.primarystorages.missing),
     images: () => views.imageList(s),
   }[view] || (() => views.overview(s));
-  main.innerHTML = html();
+  const next = html();
+  // Replacing identical markup would only steal clicks and focus from the operator.
+  if (next !== lastHtml) {
+    main.innerHTML = next;
+    lastHtml = next;
+  }
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.getAttribute('href') === `#/${view || 'overview'}`);
   const synced = Object.values(informers).every((i) => i.synced || i.missing);
   document.getElementById('connection').textContent = synced ? 'live' : 'syncing…';
@@ -74,16 +80,16 @@ async function act(action) {
   const path = `${GROUP}/namespaces/${encodeURIComponent(namespace)}/virtualmachines/${encodeURIComponent(name)}`;
   const verbs = { start: 'Start', stop: 'Stop', delete: 'Delete' };
   if (!confirm(`${verbs[action]} VM ${namespace}/${name}?`)) return;
-  const result = document.getElementById('action-result');
   try {
     // Actions are spec changes through the API, exactly what kubectl would send.
     if (action === 'start') await api.mergePatch(path, { spec: { runStrategy: 'Always' } });
     if (action === 'stop') await api.mergePatch(path, { spec: { runStrategy: 'Halted' } });
     if (action === 'delete') await api.delete(path);
-    if (result) result.textContent = `${verbs[action]} requested`;
+    ui.message = `${verbs[action]} requested`;
   } catch (err) {
-    if (result) result.textContent = `${verbs[action]} failed: ${err.message}`;
+    ui.message = `${verbs[action]} failed: ${err.message}`;
   }
+  schedule();
 }
 
 main.addEventListener('click', (e) => {
@@ -105,7 +111,10 @@ main.addEventListener('submit', (e) => {
   start();
 });
 
-window.addEventListener('hashchange', schedule);
+window.addEventListener('hashchange', () => {
+  ui.message = '';
+  schedule();
+});
 setInterval(schedule, 10000); // ages tick even when nothing changes
 
 async function start() {

@@ -175,7 +175,7 @@ export function vmList(s, query, phase, host) {
     ${table(['Name', 'Namespace', 'Phase', 'Host', 'IP', 'Age', 'Offering', 'Image', 'MAC', 'Reason'], rows, 'No VMs match.')}`;
 }
 
-export function vmDetail(s, namespace, name) {
+export function vmDetail(s, namespace, name, message) {
   const vm = s.vms.find((v) => v.metadata.namespace === namespace && v.metadata.name === name);
   if (!vm) return `<h2>${esc(namespace)}/${esc(name)}</h2><p class="empty">This VM does not exist (any more).</p>`;
   const conditions = (vm.status?.conditions || []).map((c) => `<tr><td>${esc(c.type)}</td><td>${esc(c.status)}</td><td>${esc(c.reason)}</td><td>${esc(c.message)}</td><td>${esc(age(c.lastTransitionTime))}</td></tr>`);
@@ -189,7 +189,7 @@ export function vmDetail(s, namespace, name) {
       <button data-action="start" ${halted ? '' : 'disabled'}>Start</button>
       <button data-action="stop" ${halted ? 'disabled' : ''}>Stop</button>
       <button data-action="delete" class="danger">Delete</button>
-      <span id="action-result" class="muted"></span>
+      <span id="action-result" class="muted">${esc(message)}</span>
     </div>
     <div class="detail">
       <div><h3>Spec</h3><pre>${esc(JSON.stringify(vm.spec, null, 2))}</pre></div>

@@ -12,14 +12,20 @@ use support::{repo_file, Strata};
 fn dashboard_shows_the_datacenter_live_and_stops_a_vm() {
     let ui = repo_file("e2e/ui");
     assert!(
-        ui.join("node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        ui.join("node_modules/playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
         "chromium or playwright-core is missing: run hack/install-deps.sh"
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let strata = Strata::start(dir.path(), &["--sim-hosts", "2"]);
     let quickstart = repo_file("manifests/examples/quickstart.yaml");
     strata.ok(&["apply", "-f", quickstart.to_str().unwrap()]);
-    strata.ok(&["wait", "--for=jsonpath={.status.phase}=Running", "vm/demo", "--timeout=60s"]);
+    strata.ok(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Running",
+        "vm/demo",
+        "--timeout=60s",
+    ]);
 
     let out = Command::new("node")
         .arg(ui.join("dashboard.mjs"))

@@ -65,11 +65,19 @@ try {
   await page.click('tr[data-vm="default/web-1"] a');
   await page.locator('h2', { hasText: 'default/web-1' }).waitFor({ timeout });
   await page.click('button[data-action="stop"]');
+  await page.locator('#action-result', { hasText: 'Stop requested' }).waitFor({ timeout });
   await waitForKubectl(['get', 'vm', 'web-1', '-o', 'jsonpath={.status.phase}'], 'Stopped');
   await page.locator('h2 .phase', { hasText: 'Stopped' }).waitFor({ timeout });
   await page.screenshot({ path: `${shots}/vm-stopped.png`, fullPage: true });
   if (errors.length) throw new Error(`the page threw: ${errors.join('; ')}`);
   console.log('dashboard: all checks passed');
+} catch (err) {
+  // Leave a picture of what the operator would have seen.
+  for (const page of browser.contexts().flatMap((c) => c.pages())) {
+    await page.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+    console.log(`page text at failure:\n${await page.innerText('body').catch(() => '')}`);
+  }
+  throw err;
 } finally {
   await browser.close();
 }

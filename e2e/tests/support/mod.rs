@@ -87,7 +87,10 @@ impl Strata {
     /// The bearer token `strata up` accepts.
     #[allow(dead_code)] // not every test binary that includes this module needs it
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("token")).expect("token readable").trim().to_owned()
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .expect("token readable")
+            .trim()
+            .to_owned()
     }
 
     /// Runs `kubectl` (or another kubectl binary) against this server.
