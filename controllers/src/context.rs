@@ -17,7 +17,12 @@ use kube::{
 };
 use strata_apis::{Host, IpAddress, VirtualMachineInstance};
 
-use crate::{vm::schedule::Assumed, ControllerOptions};
+use tracing::{debug, warn};
+
+use crate::{vm::schedule::Assumed, ControllerOptions, Error};
+
+/// Long enough for the watch to deliver the write that beat us, short enough not to stall.
+const STALE_WRITE_RETRY: Duration = Duration::from_millis(200);
 
 pub(crate) struct Context {
     pub client: Client,
@@ -64,10 +69,16 @@ impl Context {
         self.assumed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a failed reconcile of `key` and returns how long to wait before the next.
-    pub fn failed(&self, key: String) -> Duration {
+    /// Logs a failed reconcile of `object` (`Kind/name`) and returns how long to wait before
+    /// the next. Lost concurrency races are retried soon; other failures back off exponentially.
+    pub fn failed(&self, object: String, error: &Error) -> Duration {
+        if error.is_stale_write() {
+            debug!(%object, category = error.category(), error = %chain(error), "stale write, retrying");
+            return STALE_WRITE_RETRY;
+        }
+        warn!(%object, category = error.category(), error = %chain(error), "reconcile failed");
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = failures.entry(key).or_default();
+        let count = failures.entry(object).or_default();
         *count = count.saturating_add(1);
         backoff(*count)
     }
@@ -82,6 +93,18 @@ impl Context {
 }
 
 /// Exponential backoff from 1 s to 5 min after `failures` consecutive failures.
+/// `error: source: source…`, so a log line says what the API server answered.
+fn chain(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 fn backoff(failures: u32) -> Duration {
     const MAX: Duration = Duration::from_secs(300);
     let exponent = failures.saturating_sub(1).min(16);

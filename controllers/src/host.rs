@@ -20,7 +20,6 @@ use strata_apis::{
     condition::READY, quantity, Host, HostCapacity, HostState, HostStatus, VirtualMachineInstance,
     VirtualMachineInstanceSpec, SYSTEM_NAMESPACE,
 };
-use tracing::warn;
 
 use crate::{
     conditions::{self, Desired},
@@ -108,8 +107,7 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
 
 pub(crate) fn error_policy(host: Arc<Host>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = host.name_any();
-    warn!(host = %name, category = error.category(), error = %error, "reconcile failed");
-    Action::requeue(ctx.failed(format!("Host/{name}")))
+    Action::requeue(ctx.failed(format!("Host/{name}"), error))
 }
 
 /// Whether a host's agent is alive, judged from its Lease.

@@ -14,7 +14,6 @@ use strata_apis::{
     l3network::FieldError,
     IpAddress, L3Network, L3NetworkSpec, L3NetworkStatus,
 };
-use tracing::warn;
 
 use crate::{
     conditions::{self, Desired},
@@ -73,8 +72,7 @@ pub(crate) async fn reconcile(l3: Arc<L3Network>, ctx: Arc<Context>) -> Result<A
 
 pub(crate) fn error_policy(l3: Arc<L3Network>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = l3.name_any();
-    warn!(l3network = %name, category = error.category(), error = %error, "reconcile failed");
-    Action::requeue(ctx.failed(format!("L3Network/{name}")))
+    Action::requeue(ctx.failed(format!("L3Network/{name}"), error))
 }
 
 fn status(

@@ -26,7 +26,6 @@ use strata_apis::{
     InstanceOffering, IpAddress, L3Network, RunStrategy, VirtualMachine, VirtualMachineInstance,
     VirtualMachineStatus,
 };
-use tracing::warn;
 
 use self::{
     instance::Applied,
@@ -167,8 +166,7 @@ pub(crate) fn error_policy(vm: Arc<VirtualMachine>, error: &Error, ctx: Arc<Cont
     if error.category() == "waiting" {
         return Action::requeue(REPLACING_RETRY);
     }
-    warn!(vm = %key, category = error.category(), error = %error, "reconcile failed");
-    Action::requeue(ctx.failed(format!("VirtualMachine/{key}")))
+    Action::requeue(ctx.failed(format!("VirtualMachine/{key}"), error))
 }
 
 async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
