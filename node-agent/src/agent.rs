@@ -26,6 +26,8 @@ use crate::{driver::Hypervisor, instance, Error};
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// The lease outlives this many missed heartbeats, so one slow renewal does not disconnect a host.
 const HEARTBEATS_PER_LEASE: u32 = 4;
+/// The longest wait between two registration attempts.
+const REGISTER_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// What an agent needs to know about its host.
 #[derive(Clone, Debug)]
@@ -81,14 +83,25 @@ impl Agent {
     /// Registers the host, then heartbeats and runs its instances until the future is dropped.
     /// Fails only if the host cannot be registered.
     pub async fn run(self) -> Result<(), Error> {
-        self.register().await?;
-        self.renew_lease().await?;
+        // An agent that gave up on a transient failure (the API server still starting, a lost
+        // write race) would leave its host Disconnected for good, so registration retries.
+        let mut delay = Duration::from_millis(200);
+        while let Err(error) = self.join().await {
+            warn!(host = %self.config.host_name, error = %error, retry_in = ?delay, "failed to register, retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(REGISTER_RETRY_MAX);
+        }
         info!(host = %self.config.host_name, driver = self.driver.name(), "host registered");
         tokio::select! {
             () = self.heartbeat() => {}
             () = self.instances() => {}
         }
         Ok(())
+    }
+
+    async fn join(&self) -> Result<(), Error> {
+        self.register().await?;
+        self.renew_lease().await
     }
 
     /// Creates the Host if absent (an existing one keeps its spec) and reports capacity and driver.
