@@ -53,7 +53,7 @@ function hostState(host) {
 }
 
 export function phaseBadge(phase) {
-  return `<span class="phase phase-${esc(phase || 'Pending')}">${esc(phase || 'Pending')}</span>`;
+  return `<span class="phase phase-${esc(phase || 'Created')}">${esc(phase || 'Created')}</span>`;
 }
 
 function vmIp(vm) {
@@ -84,7 +84,7 @@ export function recentEvents(events, limit) {
 
 export function overview(s) {
   const byPhase = {};
-  for (const vm of s.vms) byPhase[vm.status?.phase || 'Pending'] = (byPhase[vm.status?.phase || 'Pending'] || 0) + 1;
+  for (const vm of s.vms) byPhase[vm.status?.phase || 'Created'] = (byPhase[vm.status?.phase || 'Created'] || 0) + 1;
   const phases = Object.entries(byPhase).sort().map(([p, n]) => `<div class="count">${phaseBadge(p)}<b>${n}</b></div>`).join('');
   const down = s.hosts.filter((h) => h.status?.state !== 'Connected');
   const zones = [...s.zones].sort(byName).map((zone) => {
@@ -138,7 +138,7 @@ function byName(a, b) {
 // phase, host, namespace, ip, image, offering.
 export function matches(vm, query) {
   const fields = {
-    phase: vm.status?.phase || 'Pending',
+    phase: vm.status?.phase || 'Created',
     host: vm.status?.host || '',
     namespace: vm.metadata.namespace,
     ip: vmIp(vm),
@@ -156,9 +156,9 @@ export function matches(vm, query) {
 
 export function vmList(s, query, phase, host) {
   const vms = s.vms.filter((vm) => matches(vm, query)
-    && (!phase || (vm.status?.phase || 'Pending') === phase)
+    && (!phase || (vm.status?.phase || 'Created') === phase)
     && (!host || vm.status?.host === host)).sort(byName);
-  const phases = [...new Set(s.vms.map((vm) => vm.status?.phase || 'Pending'))].sort();
+  const phases = [...new Set(s.vms.map((vm) => vm.status?.phase || 'Created'))].sort();
   const hosts = [...new Set(s.vms.map((vm) => vm.status?.host).filter(Boolean))].sort();
   const option = (v, selected) => `<option ${v === selected ? 'selected' : ''} value="${esc(v)}">${esc(v || 'all')}</option>`;
   const rows = vms.map((vm) => {
