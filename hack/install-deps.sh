@@ -2,6 +2,9 @@
 # Installs what Strata's builds and tests need on a fresh machine (Debian 12 with Rust, gcc,
 # kubectl, python3). Idempotent: installs only what is missing, so a warm machine pays nothing.
 set -euo pipefail
+# `hack/install-deps.sh build` installs only what building Strata needs (hack/up.sh uses it);
+# with no argument it installs everything the tests need too.
+mode="${1:-test}"
 
 # kubectl ships on the machine image in several versions; tests that need one pick it by path,
 # the rest use `kubectl` from PATH.
@@ -22,11 +25,13 @@ fi
 #   descriptor.proto libprotobuf-dev: the well-known .proto files protoc needs (only a Recommends
 #                    of protobuf-compiler, so --no-install-recommends would skip it)
 apt_need=()
-command -v etcd >/dev/null 2>&1 || apt_need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || apt_need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || apt_need+=(libprotobuf-dev)
-#   chromium         the dashboard e2e test drives Debian's headless Chromium with Playwright
-command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
+if [ "$mode" = test ]; then
+  command -v etcd >/dev/null 2>&1 || apt_need+=(etcd-server)
+  #   chromium       the dashboard e2e test drives Debian's headless Chromium with Playwright
+  command -v chromium >/dev/null 2>&1 || apt_need+=(chromium)
+fi
 if [ ${#apt_need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
@@ -36,6 +41,6 @@ fi
 # playwright-core (npm, pinned by e2e/ui/package-lock.json) drives that Chromium; it downloads no
 # browser of its own.
 ui="$(dirname "$0")/../e2e/ui"
-if [ ! -d "$ui/node_modules/playwright-core" ]; then
+if [ "$mode" = test ] && [ ! -d "$ui/node_modules/playwright-core" ]; then
   (cd "$ui" && npm ci --no-audit --no-fund --loglevel=error)
 fi
