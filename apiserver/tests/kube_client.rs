@@ -16,7 +16,7 @@ use strata_apis::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineSpec,
 };
 
-use common::{api_code, start, start_with};
+use common::{api_code, next, next_change, start, start_with};
 
 fn vm(name: &str) -> VirtualMachine {
     VirtualMachine::new(
@@ -44,13 +44,6 @@ fn vmi(name: &str, host: &str) -> VirtualMachineInstance {
 }
 
 /// Waits (bounded) for the next item of a stream; a hang fails the test instead of blocking it.
-async fn next<S: futures::Stream + Unpin>(s: &mut S) -> S::Item {
-    tokio::time::timeout(Duration::from_secs(10), s.next())
-        .await
-        .expect("stream item within 10s")
-        .expect("stream not ended")
-}
-
 #[tokio::test]
 async fn virtual_machine_crud() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -396,15 +389,9 @@ async fn watch_follows_selector_transitions_and_sends_bookmarks() {
     )
     .await
     .expect("label");
-    loop {
-        match next(&mut raw).await.expect("event") {
-            WatchEvent::Added(o) => {
-                assert_eq!(o.name_any(), "vm1");
-                break;
-            }
-            WatchEvent::Bookmark(_) => continue,
-            other => panic!("entering the selector is ADDED, got {other:?}"),
-        }
+    match next_change(&mut raw).await {
+        WatchEvent::Added(o) => assert_eq!(o.name_any(), "vm1"),
+        other => panic!("entering the selector is ADDED, got {other:?}"),
     }
     vms.patch(
         "vm1",
@@ -413,15 +400,9 @@ async fn watch_follows_selector_transitions_and_sends_bookmarks() {
     )
     .await
     .expect("relabel");
-    loop {
-        match next(&mut raw).await.expect("event") {
-            WatchEvent::Deleted(o) => {
-                assert_eq!(o.name_any(), "vm1");
-                break;
-            }
-            WatchEvent::Bookmark(_) => continue,
-            other => panic!("leaving the selector is DELETED, got {other:?}"),
-        }
+    match next_change(&mut raw).await {
+        WatchEvent::Deleted(o) => assert_eq!(o.name_any(), "vm1"),
+        other => panic!("leaving the selector is DELETED, got {other:?}"),
     }
     // With nothing happening, bookmarks keep coming and carry kind and apiVersion.
     match next(&mut raw).await.expect("event") {

@@ -3,14 +3,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+
+use common::next;
 use strata_apis::{VirtualMachine, VirtualMachineSpec};
 
 fn vm(name: &str) -> VirtualMachine {
@@ -22,13 +22,6 @@ fn vm(name: &str) -> VirtualMachine {
             ..Default::default()
         },
     )
-}
-
-async fn next<S: futures::Stream + Unpin>(s: &mut S) -> S::Item {
-    tokio::time::timeout(Duration::from_secs(10), s.next())
-        .await
-        .expect("stream item within 10s")
-        .expect("stream not ended")
 }
 
 #[tokio::test]

@@ -123,3 +123,25 @@ pub fn api_code(e: &kube::Error) -> u16 {
         other => panic!("expected an API error, got {other}"),
     }
 }
+
+/// The next item of a watch stream, failing the test if none comes within 10 s.
+pub async fn next<S: futures::Stream + Unpin>(s: &mut S) -> S::Item {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("stream item within 10s")
+        .expect("stream not ended")
+}
+
+/// The next watch event that is not a bookmark (the server may send those at any time).
+pub async fn next_change<K, S>(s: &mut S) -> kube::core::WatchEvent<K>
+where
+    S: futures::Stream<Item = kube::Result<kube::core::WatchEvent<K>>> + Unpin,
+{
+    loop {
+        match next(s).await.expect("event") {
+            kube::core::WatchEvent::Bookmark(_) => continue,
+            event => return event,
+        }
+    }
+}
