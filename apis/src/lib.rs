@@ -41,7 +41,7 @@ pub use diskoffering::{DiskOffering, DiskOfferingSpec};
 pub use eip::{Eip, EipSpec, EipStatus};
 pub use globalconfig::{GlobalConfig, GlobalConfigSpec, GlobalConfigStatus};
 pub use host::{Host, HostAdminState, HostCapacity, HostSpec, HostState, HostStatus};
-pub use image::{Image, ImageFormat, ImageSpec, ImageStatus};
+pub use image::{DirectBoot, Image, ImageFormat, ImageSpec, ImageStatus};
 pub use instanceoffering::{AllocatorStrategy, InstanceOffering, InstanceOfferingSpec};
 pub use ipaddress::{IpAddress, IpAddressSpec};
 pub use l2network::{L2Network, L2NetworkSpec, L2NetworkStatus, L2NetworkType};
@@ -60,8 +60,8 @@ pub use vm::{
     VmNicStatus, VmPhase,
 };
 pub use vmi::{
-    VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus, VmiNic,
-    VmiPhase,
+    VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus, VmiL2Network,
+    VmiNic, VmiPhase,
 };
 pub use volume::{Volume, VolumeSpec, VolumeStatus, VolumeType};
 pub use volumesnapshot::{VolumeSnapshot, VolumeSnapshotSpec, VolumeSnapshotStatus};

@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Conditions;
+use crate::{Conditions, DirectBoot, L2NetworkType};
 
 /// A VirtualMachineInstance is the runtime form of a VirtualMachine: written by the VM controller
 /// with every decision made (host, size, image, addresses), and run by the agent of `spec.host`.
@@ -38,9 +38,29 @@ pub struct VirtualMachineInstanceSpec {
     pub image: String,
     /// Where the image is fetched from.
     pub image_url: String,
+    /// The image's `sha256:<hex>` checksum; the agent refuses a download that does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_checksum: Option<String>,
+    /// Set when the image boots a kernel directly instead of from its disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_boot: Option<DirectBoot>,
+    /// Size of the root volume; the image's own size when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk_size: Option<Quantity>,
+    /// Whether the domain should run. False keeps it defined with its disks, shut off, so a
+    /// stopped VM keeps its root volume on the host's storage.
+    #[serde(default = "running_by_default")]
+    pub running: bool,
+    /// The VM's user data, served to it by the metadata service of its L3 networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
     /// NICs with their resolved addresses, in guest order.
     #[serde(default)]
     pub nics: Vec<VmiNic>,
+}
+
+fn running_by_default() -> bool {
+    true
 }
 
 /// A resolved network interface.
@@ -57,6 +77,39 @@ pub struct VmiNic {
     pub gateway: String,
     /// The MAC address.
     pub mac: String,
+    /// DNS servers handed out by DHCP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// DNS search domain handed out by DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
+    /// The L2 network the L3 network lives on, as the host must build it.
+    #[serde(default)]
+    pub l2: VmiL2Network,
+}
+
+/// A resolved L2 network: what a host needs to build its bridge.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiL2Network {
+    /// Name of the L2Network.
+    #[serde(default)]
+    pub name: String,
+    /// How the broadcast domain is built.
+    #[serde(default, rename = "type")]
+    pub network_type: L2NetworkType,
+    /// The host interface under the bridge, for `NoVlan` and `Vlan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_interface: Option<String>,
+    /// The 802.1Q id, for `Vlan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_id: Option<i32>,
+    /// The VXLAN network identifier, for `Vxlan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<i32>,
+    /// MTU of the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<i32>,
 }
 
 /// What the agent observes of an instance.

@@ -16,8 +16,9 @@ use serde_json::json;
 use strata_apis::{
     condition::{LABEL_L3_NETWORK, READY},
     Cluster, ClusterSpec, Host, HostCapacity, HostState, Image, ImageSpec, InstanceOffering,
-    InstanceOfferingSpec, IpAddress, IpRange, L3Network, L3NetworkSpec, RunStrategy,
-    VirtualMachine, VirtualMachineInstance, VirtualMachineSpec, VmNic, VmPhase, Zone, ZoneSpec,
+    InstanceOfferingSpec, IpAddress, IpRange, L2Network, L2NetworkSpec, L3Network, L3NetworkSpec,
+    RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineSpec, VmNic, VmPhase, Zone,
+    ZoneSpec,
 };
 use strata_controllers::ControllerOptions;
 use strata_node_agent::{Agent, AgentConfig, SimDriver};
@@ -196,6 +197,12 @@ async fn inventory(client: &Client) {
         ..ImageSpec::default()
     };
     create(&Api::all(client.clone()), Image::new("tiny", image)).await;
+    let l2 = L2NetworkSpec {
+        zone: "zone-1".into(),
+        physical_interface: Some("eth1".into()),
+        ..L2NetworkSpec::default()
+    };
+    create(&Api::all(client.clone()), L2Network::new("l2-1", l2)).await;
     let net = L3NetworkSpec {
         l2_network: "l2-1".into(),
         cidr: "10.10.0.0/24".into(),
@@ -292,6 +299,12 @@ async fn vms_are_placed_addressed_run_and_cleaned_up() {
         assert_eq!(vmi.spec.nics[0].ip, ip.to_string());
         assert_eq!(vmi.spec.nics[0].gateway, "10.10.0.1");
         assert_eq!(vmi.spec.nics[0].prefix_length, 24);
+        assert_eq!(vmi.spec.nics[0].l2.name, "l2-1");
+        assert_eq!(
+            vmi.spec.nics[0].l2.physical_interface.as_deref(),
+            Some("eth1")
+        );
+        assert!(vmi.spec.running);
     }
     assert_eq!(hosts.len(), 2, "VMs spread over both hosts: {hosts:?}");
     let domains: usize = plane.drivers.iter().map(|d| d.domains().len()).sum();

@@ -31,6 +31,9 @@ pub(crate) fn build(
             prefix_length: network.subnet.net.prefix_len(),
             gateway: network.subnet.gateway.to_string(),
             mac: nic.mac.clone(),
+            dns: network.dns.clone(),
+            dns_domain: network.dns_domain.clone(),
+            l2: network.l2.clone(),
         })
         .collect();
     VirtualMachineInstance {
@@ -45,7 +48,12 @@ pub(crate) fn build(
             cpu: resolved.size.cpu,
             memory: resolved.memory.clone(),
             image: vm.spec.image.clone(),
-            image_url: resolved.image_url.clone(),
+            image_url: resolved.image.url.clone(),
+            image_checksum: resolved.image.checksum.clone(),
+            direct_boot: resolved.image.direct_boot.clone(),
+            root_disk_size: vm.spec.root_disk_size.clone(),
+            running: true,
+            user_data: vm.spec.user_data.clone(),
             nics,
         },
         status: None,

@@ -23,8 +23,8 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     condition::VM_FINALIZER, l3network::Subnet, quantity, Host, HostAdminState, HostState, Image,
-    InstanceOffering, IpAddress, L3Network, RunStrategy, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineStatus,
+    ImageSpec, InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy,
+    VirtualMachine, VirtualMachineInstance, VirtualMachineStatus, VmiL2Network,
 };
 
 use self::{
@@ -58,11 +58,14 @@ impl Problem {
     }
 }
 
-/// An L3 network a NIC is on, validated.
+/// An L3 network a NIC is on, validated, with the L2 network under it.
 #[derive(Clone, Debug)]
 pub(crate) struct Network {
     pub name: String,
     pub subnet: Subnet,
+    pub dns: Vec<String>,
+    pub dns_domain: Option<String>,
+    pub l2: VmiL2Network,
 }
 
 /// A VM's references, fetched and validated.
@@ -70,7 +73,7 @@ pub(crate) struct Network {
 pub(crate) struct Resolved {
     pub size: Resources,
     pub memory: Quantity,
-    pub image_url: String,
+    pub image: ImageSpec,
     pub networks: Vec<Network>,
 }
 
@@ -389,20 +392,9 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
     };
     let mut networks = Vec::with_capacity(vm.spec.nics.len());
     for nic in &vm.spec.nics {
-        let Some(l3) = get::<L3Network>(ctx, &nic.l3_network).await? else {
-            return Ok(Err(not_found("L3Network", &nic.l3_network)));
-        };
-        match l3.spec.subnet() {
-            Ok(subnet) => networks.push(Network {
-                name: nic.l3_network.clone(),
-                subnet,
-            }),
-            Err(e) => {
-                return Ok(Err(Problem::new(
-                    "L3NetworkInvalid",
-                    format!("L3Network {:?} is invalid: {e}", nic.l3_network),
-                )))
-            }
+        match resolve_network(ctx, &nic.l3_network).await? {
+            Ok(network) => networks.push(network),
+            Err(problem) => return Ok(Err(problem)),
         }
     }
     Ok(Ok(Resolved {
@@ -411,8 +403,53 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
             memory: memory_bytes,
         },
         memory,
-        image_url: image.spec.url.clone(),
+        image: image.spec,
         networks,
+    }))
+}
+
+/// An L3 network and the L2 network under it, as a host needs them to plumb a NIC.
+async fn resolve_network(ctx: &Context, name: &str) -> Result<Result<Network, Problem>, Error> {
+    let Some(l3) = get::<L3Network>(ctx, name).await? else {
+        return Ok(Err(not_found("L3Network", name)));
+    };
+    let subnet = match l3.spec.subnet() {
+        Ok(subnet) => subnet,
+        Err(e) => {
+            return Ok(Err(Problem::new(
+                "L3NetworkInvalid",
+                format!("L3Network {name:?} is invalid: {e}"),
+            )))
+        }
+    };
+    let Some(l2) = get::<L2Network>(ctx, &l3.spec.l2_network).await? else {
+        return Ok(Err(not_found("L2Network", &l3.spec.l2_network)));
+    };
+    // A VXLAN network's VNI is the user's or the one its pool allocated into status; the
+    // bridge cannot be built before there is one.
+    let vni = l2
+        .spec
+        .vni
+        .or_else(|| l2.status.as_ref().and_then(|s| s.vni));
+    if l2.spec.network_type == L2NetworkType::Vxlan && vni.is_none() {
+        return Ok(Err(Problem::new(
+            "L2NetworkNotReady",
+            format!("L2Network {:?} has no VNI allocated yet", l2.name_any()),
+        )));
+    }
+    Ok(Ok(Network {
+        name: name.to_string(),
+        subnet,
+        dns: l3.spec.dns,
+        dns_domain: l3.spec.dns_domain,
+        l2: VmiL2Network {
+            name: l2.name_any(),
+            network_type: l2.spec.network_type,
+            physical_interface: l2.spec.physical_interface,
+            vlan_id: l2.spec.vlan_id,
+            vni,
+            mtu: l2.spec.mtu,
+        },
     }))
 }
 
@@ -420,6 +457,7 @@ fn not_found(kind: &'static str, name: &str) -> Problem {
     let reason = match kind {
         "InstanceOffering" => "InstanceOfferingNotFound",
         "Image" => "ImageNotFound",
+        "L2Network" => "L2NetworkNotFound",
         _ => "L3NetworkNotFound",
     };
     Problem::new(reason, format!("{kind} {name:?} not found"))
