@@ -19,7 +19,10 @@ use strata_apis::{Host, IpAddress, VirtualMachineInstance};
 
 use tracing::{debug, warn};
 
-use crate::{vm::schedule::Assumed, ControllerOptions, Error};
+use crate::{
+    vm::{inventory::Inventory, schedule::Assumed},
+    ControllerOptions, Error,
+};
 
 /// Long enough for the watch to deliver the write that beat us, short enough not to stall.
 const STALE_WRITE_RETRY: Duration = Duration::from_millis(200);
@@ -32,6 +35,8 @@ pub(crate) struct Context {
     pub vmis: Store<VirtualMachineInstance>,
     pub leases: Store<Lease>,
     pub ips: Store<IpAddress>,
+    /// Clusters, zones, primary storages and the GlobalConfig, for placement.
+    pub inventory: Inventory,
     assumed: Mutex<Assumed>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -44,6 +49,7 @@ impl Context {
         vmis: Store<VirtualMachineInstance>,
         leases: Store<Lease>,
         ips: Store<IpAddress>,
+        inventory: Inventory,
     ) -> Self {
         let reporter = Reporter {
             controller: "strata-controllers".into(),
@@ -57,6 +63,7 @@ impl Context {
             vmis,
             leases,
             ips,
+            inventory,
             assumed: Mutex::default(),
             failures: Mutex::default(),
         }

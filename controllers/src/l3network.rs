@@ -87,7 +87,9 @@ fn status(
     status.used_ips = Some(used);
     let ready = match spec.subnet() {
         Ok(subnet) => {
-            status.total_ips = Some(i64::try_from(subnet.size()).unwrap_or(i64::MAX));
+            let total = i64::try_from(subnet.size()).unwrap_or(i64::MAX);
+            status.total_ips = Some(total);
+            status.available_ips = Some(total.saturating_sub(used).max(0));
             Desired::new(
                 READY,
                 true,
@@ -97,6 +99,7 @@ fn status(
         }
         Err(FieldError { field, reason }) => {
             status.total_ips = None;
+            status.available_ips = None;
             Desired::new(READY, false, "InvalidSpec", format!("{field}: {reason}"))
         }
     };
@@ -131,7 +134,10 @@ mod tests {
             Some(4),
             Timestamp::UNIX_EPOCH,
         );
-        assert_eq!((s.total_ips, s.used_ips), (Some(10), Some(3)));
+        assert_eq!(
+            (s.total_ips, s.used_ips, s.available_ips),
+            (Some(10), Some(3), Some(7))
+        );
         assert_eq!(s.observed_generation, Some(4));
         assert!(conditions::is_true(&s.conditions, READY));
     }
@@ -153,6 +159,22 @@ mod tests {
             "{}",
             ready.message
         );
-        assert_eq!(s.total_ips, None);
+        assert_eq!((s.total_ips, s.available_ips), (None, None));
+    }
+
+    #[test]
+    fn a_full_network_has_nothing_available_even_after_its_ranges_shrink() {
+        let spec = spec("10.0.0.0/24", "10.0.0.10", "10.0.0.19");
+        let full = status(
+            &L3NetworkStatus::default(),
+            &spec,
+            10,
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(full.available_ips, Some(0));
+        // Addresses handed out before a range was narrowed still count as used.
+        let over = status(&full, &spec, 12, None, Timestamp::UNIX_EPOCH);
+        assert_eq!((over.used_ips, over.available_ips), (Some(12), Some(0)));
     }
 }

@@ -57,6 +57,7 @@ pub async fn run(client: Client, opts: ControllerOptions) -> Result<(), Error> {
     let (vmis, vmi_writer) = reflector::store();
     let (leases, lease_writer) = reflector::store();
     let (ips, ip_writer) = reflector::store();
+    let (inventory, inventory_feed) = vm::inventory::Inventory::reflect(&client);
     let ctx = Arc::new(Context::new(
         client.clone(),
         opts,
@@ -64,9 +65,10 @@ pub async fn run(client: Client, opts: ControllerOptions) -> Result<(), Error> {
         vmis,
         leases,
         ips,
+        inventory,
     ));
 
-    let caches = future::join3(
+    let caches = future::join4(
         reflect(
             Api::<VirtualMachineInstance>::all(client.clone()),
             vmi_writer,
@@ -76,6 +78,7 @@ pub async fn run(client: Client, opts: ControllerOptions) -> Result<(), Error> {
             lease_writer,
         ),
         reflect(Api::<IpAddress>::all(client.clone()), ip_writer),
+        inventory_feed,
     );
     let controllers = future::join3(
         drain(

@@ -174,8 +174,21 @@ async fn inventory(client: &Client) {
         Zone::new("zone-1", ZoneSpec::default()),
     )
     .await;
+    // The scheduler places VMs only where the cluster reaches their L2 and has storage.
+    let storage = strata_apis::PrimaryStorageSpec {
+        zone: "zone-1".into(),
+        url: "/var/lib/strata/volumes".into(),
+        ..strata_apis::PrimaryStorageSpec::default()
+    };
+    create(
+        &Api::all(client.clone()),
+        strata_apis::PrimaryStorage::new("ps-1", storage),
+    )
+    .await;
     let cluster = ClusterSpec {
         zone: "zone-1".into(),
+        l2_networks: vec!["l2-1".into()],
+        primary_storages: vec!["ps-1".into()],
         ..ClusterSpec::default()
     };
     create(
@@ -290,7 +303,9 @@ async fn vms_are_placed_addressed_run_and_cleaned_up() {
             (Ipv4Addr::new(10, 10, 0, 10)..=Ipv4Addr::new(10, 10, 0, 250)).contains(&ip),
             "{ip} is outside the range"
         );
-        assert!(nic.mac.starts_with("fa:16:"), "{}", nic.mac);
+        let [a, b, c, d] = ip.octets();
+        let tail = format!(":{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        assert!(nic.mac.ends_with(&tail), "{} carries {ip}", nic.mac);
         assert!(ips.insert(ip), "{ip} was handed out twice");
         let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), NS)
             .get(name)
@@ -329,7 +344,7 @@ async fn vms_are_placed_addressed_run_and_cleaned_up() {
     .await;
 
     let message = wait_pending_with(&client, "vm-huge", "Unschedulable").await;
-    assert_eq!(message, "0/2 hosts fit: 2 insufficient memory");
+    assert_eq!(message, "0/2 hosts are available: 2 insufficient memory");
     let message = wait_pending_with(&client, "vm-lost", "L3NetworkNotFound").await;
     assert!(message.contains("no-such-net"), "{message}");
 

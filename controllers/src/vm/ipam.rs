@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use kube::{
-    api::{ObjectMeta, PostParams},
+    api::{DeleteParams, ObjectMeta, PostParams, Preconditions},
     Api, ResourceExt,
 };
 use strata_apis::{
@@ -29,16 +29,84 @@ pub(crate) fn next_free(subnet: &Subnet, taken: &BTreeSet<Ipv4Addr>) -> Option<I
         .find(|a| !taken.contains(a) && !reserved.contains(a) && subnet.net.contains(a))
 }
 
-/// The MAC of a NIC holding `ip`: locally administered, unicast, and carrying the address in
-/// its last four octets (as Docker does). It is unique wherever the address is, and it is the
-/// same on every retry, so no random state has to survive a crash.
-pub(crate) fn mac_for(ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("fa:16:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+/// Why a static address (`spec.nics[].ip`) cannot be used, whoever holds what.
+pub(crate) fn check_static(subnet: &Subnet, text: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IPv4 address"))?;
+    if ip == subnet.gateway {
+        return Err(format!("{ip} is the gateway"));
+    }
+    if ip == subnet.net.network() || ip == subnet.net.broadcast() {
+        return Err(format!("{ip} is not a host address of {}", subnet.net));
+    }
+    if !subnet.ranges.iter().any(|(s, e)| (*s..=*e).contains(&ip)) {
+        let ranges: Vec<String> = subnet
+            .ranges
+            .iter()
+            .map(|(s, e)| format!("{s}-{e}"))
+            .collect();
+        return Err(format!("{ip} is outside the ranges {}", ranges.join(", ")));
+    }
+    Ok(ip)
 }
 
-/// Gives every NIC of `vm` an address on its network, keeping the ones it already has.
-/// Returns `Ok(Err(problem))` when a range is exhausted.
+/// The static address each NIC asks for (`None`: a dynamic one), every one checked against
+/// its network. Pure, so a VM asking for an impossible address is refused before it takes a
+/// host.
+pub(crate) fn static_addresses(
+    vm: &VirtualMachine,
+    networks: &[Network],
+) -> Result<Vec<Option<Ipv4Addr>>, Problem> {
+    networks
+        .iter()
+        .enumerate()
+        .map(|(index, network)| {
+            let asked = vm.spec.nics.get(index).and_then(|n| n.ip.as_deref());
+            asked
+                .map(|text| {
+                    check_static(&network.subnet, text).map_err(|why| {
+                        Problem::new(
+                            "IPOutOfRange",
+                            format!(
+                                "spec.nics[{index}].ip on L3Network {:?}: {why}",
+                                network.name
+                            ),
+                        )
+                    })
+                })
+                .transpose()
+        })
+        .collect()
+}
+
+/// The MAC of a NIC holding `ip` on L3 network `l3network`: locally administered, unicast,
+/// the address in its last four octets (as Docker does) and 14 bits of a hash of the network
+/// name in the first two. It is unique wherever the address is unique on its network, unless
+/// two networks with overlapping ranges share the same 14-bit hash; and it is the same on
+/// every retry, so no random state has to survive a crash.
+pub(crate) fn mac_for(l3network: &str, ip: Ipv4Addr) -> String {
+    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let fnv = l3network.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    // MurmurHash3's finaliser, so names differing in their last letter differ in the top bits.
+    let mut hash = fnv ^ (fnv >> 16);
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^= hash >> 16;
+    let [h0, h1, ..] = hash.to_be_bytes();
+    let first = (h0 & 0b1111_1100) | 0b10;
+    let [a, b, c, d] = ip.octets();
+    format!("{first:02x}:{h1:02x}:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// Gives every NIC of `vm` an address on its network: the static one it asks for, else the
+/// one it already has, else the next free one. Addresses it holds but no longer uses (a NIC
+/// removed, a static address changed, a reconcile that crashed before writing status) are
+/// released afterwards. Returns `Ok(Err(problem))` when a static address is invalid or taken,
+/// or a range is exhausted.
 pub(crate) async fn allocate(
     ctx: &Context,
     vm: &VirtualMachine,
@@ -46,33 +114,144 @@ pub(crate) async fn allocate(
     current: &[VmNicStatus],
 ) -> Result<Result<Vec<VmNicStatus>, Problem>, Error> {
     let uid = vm.uid().unwrap_or_default();
+    // Every static address is checked before anything is claimed.
+    let wanted = match static_addresses(vm, networks) {
+        Ok(wanted) => wanted,
+        Err(problem) => return Ok(Err(problem)),
+    };
     let mut nics = Vec::with_capacity(networks.len());
     let mut mine: BTreeSet<(String, Ipv4Addr)> = BTreeSet::new();
-    for (index, network) in networks.iter().enumerate() {
-        let kept = current
+    for (index, (network, wanted)) in networks.iter().zip(wanted).enumerate() {
+        let existing = current
             .get(index)
             .filter(|nic| nic.l3_network == network.name)
-            .and_then(|nic| nic.ip.parse::<Ipv4Addr>().ok());
-        let ip = match kept {
-            Some(ip) => ip,
-            None => match claim(ctx, vm, &uid, network, &mine).await? {
+            .and_then(|nic| Some((nic.ip.parse::<Ipv4Addr>().ok()?, nic.mac.clone())));
+        let kept = existing
+            .as_ref()
+            .filter(|(ip, _)| wanted.is_none_or(|w| w == *ip))
+            .map(|(ip, _)| *ip);
+        let ip = match (kept, wanted) {
+            (Some(ip), _) => ip,
+            (None, Some(ip)) => {
+                if let Err(holder) = claim_static(ctx, vm, &uid, network, ip, &mine).await? {
+                    return Ok(Err(Problem::new(
+                        "IPConflict",
+                        format!(
+                            "{ip} on L3Network {:?} (spec.nics[{index}].ip) is held by {holder}",
+                            network.name
+                        ),
+                    )));
+                }
+                ip
+            }
+            (None, None) => match claim(ctx, vm, &uid, network, &mine).await? {
                 Some(ip) => ip,
                 None => {
                     return Ok(Err(Problem::new(
-                        "IPRangeExhausted",
-                        format!("L3Network {:?} has no free address", network.name),
+                        "IPExhausted",
+                        format!(
+                            "L3Network {:?} has no free address in its {} addresses",
+                            network.name,
+                            network.subnet.size()
+                        ),
                     )))
                 }
             },
         };
         mine.insert((network.name.clone(), ip));
+        // A NIC keeps its MAC as long as it keeps its address.
+        let mac = existing
+            .filter(|(old, _)| *old == ip)
+            .map_or_else(|| mac_for(&network.name, ip), |(_, mac)| mac);
         nics.push(VmNicStatus {
             l3_network: network.name.clone(),
             ip: ip.to_string(),
-            mac: mac_for(ip),
+            mac,
         });
     }
+    release_unused(ctx, vm, &uid, &mine).await?;
     Ok(Ok(nics))
+}
+
+/// Takes the static address `ip` on `network` for `vm`. Never takes it from another holder:
+/// `Ok(Err(holder))` names who has it.
+async fn claim_static(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    uid: &str,
+    network: &Network,
+    ip: Ipv4Addr,
+    mine: &BTreeSet<(String, Ipv4Addr)>,
+) -> Result<Result<(), String>, Error> {
+    if mine.contains(&(network.name.clone(), ip)) {
+        return Ok(Err("another NIC of the same VM".into()));
+    }
+    let api: Api<IpAddress> = Api::all(ctx.client.clone());
+    let failed = |source| Error::AllocateIp {
+        l3network: network.name.clone(),
+        vm: vm_key(vm),
+        source,
+    };
+    let object = address(vm, uid, &network.name, ip);
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => Ok(Ok(())),
+        Err(kube::Error::Api(status)) if status.is_already_exists() || status.code == 409 => {
+            match api.get_opt(&object.name_any()).await.map_err(failed)? {
+                // Ours already: an earlier reconcile claimed it before a crash.
+                Some(existing) if existing.spec.owner_uid == uid => Ok(Ok(())),
+                Some(existing) => Ok(Err(existing.spec.owner)),
+                // Released in between: the next reconcile tries again.
+                None => Ok(Err("another VM (just released; retrying)".into())),
+            }
+        }
+        Err(source) => Err(failed(source)),
+    }
+}
+
+/// Deletes the addresses `vm` holds but no NIC uses. The uid precondition makes sure an
+/// address released and re-taken by another VM meanwhile is not deleted from under it.
+async fn release_unused(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    uid: &str,
+    mine: &BTreeSet<(String, Ipv4Addr)>,
+) -> Result<(), Error> {
+    let unused: Vec<_> = ctx
+        .ips
+        .state()
+        .into_iter()
+        .filter(|ip| ip.spec.owner_uid == uid)
+        .filter(|ip| {
+            ip.spec
+                .address
+                .parse::<Ipv4Addr>()
+                .map_or(true, |a| !mine.contains(&(ip.spec.l3_network.clone(), a)))
+        })
+        .collect();
+    let api: Api<IpAddress> = Api::all(ctx.client.clone());
+    for ip in unused {
+        let name = ip.name_any();
+        let params = DeleteParams {
+            preconditions: ip.uid().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {}
+            // Gone already, or no longer the object we saw.
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: "IpAddress",
+                    name: format!("{name} (held by {})", vm_key(vm)),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Takes one address on `network` for `vm`: one it already holds but no NIC uses (left by a
@@ -97,7 +276,13 @@ async fn claim(
         })
         .collect::<Vec<_>>();
     let unused = |a: &Ipv4Addr| !mine.contains(&(network.name.clone(), *a));
-    if let Some((held, _)) = on_network.iter().find(|(a, owned)| *owned && unused(a)) {
+    // Only a dynamic address inside the ranges is reused; a static one the VM no longer asks
+    // for is released instead.
+    let reusable = |a: &Ipv4Addr| check_static(&network.subnet, &a.to_string()).is_ok();
+    if let Some((held, _)) = on_network
+        .iter()
+        .find(|(a, owned)| *owned && unused(a) && reusable(a))
+    {
         return Ok(Some(*held));
     }
     let mut taken: BTreeSet<Ipv4Addr> = on_network.iter().map(|(a, _)| *a).collect();
@@ -199,12 +384,108 @@ mod tests {
     }
 
     #[test]
-    fn macs_are_locally_administered_unicast_and_follow_the_address() {
-        let mac = mac_for("10.0.3.250".parse().unwrap());
-        assert_eq!(mac, "fa:16:0a:00:03:fa");
+    fn macs_are_locally_administered_unicast_and_follow_network_and_address() {
+        let ip = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+        let mac = mac_for("net-1", ip("10.0.3.250"));
+        assert!(mac.ends_with(":0a:00:03:fa"), "{mac}");
+        assert_eq!(mac.len(), 17);
         let first = u8::from_str_radix(&mac[..2], 16).unwrap();
         assert_eq!(first & 0b10, 0b10, "locally administered");
         assert_eq!(first & 0b01, 0, "unicast");
-        assert_ne!(mac, mac_for("10.0.3.251".parse().unwrap()));
+        assert_eq!(mac, mac_for("net-1", ip("10.0.3.250")), "stable");
+        assert_ne!(mac, mac_for("net-1", ip("10.0.3.251")));
+        // The same address on two networks (overlapping private ranges) gets two MACs.
+        assert_ne!(mac, mac_for("net-2", ip("10.0.3.250")));
+        // Pinned value: changing the hash would change every new NIC's MAC.
+        assert_eq!(mac_for("a", ip("1.2.3.4")), "1a:80:01:02:03:04");
+    }
+
+    #[test]
+    fn every_address_of_a_network_gets_a_different_mac() {
+        let s = subnet("10.0.0.0/16", "10.0.0.1", "10.0.0.2", "10.0.255.254");
+        let macs: BTreeSet<String> = s.addresses().map(|a| mac_for("net", a)).collect();
+        assert_eq!(macs.len() as u64, s.size());
+    }
+
+    #[test]
+    fn a_static_address_must_be_inside_a_range_and_not_the_gateway() {
+        let mut s = subnet("10.0.0.0/24", "10.0.0.1", "10.0.0.10", "10.0.0.20");
+        s.ranges
+            .push(("10.0.0.100".parse().unwrap(), "10.0.0.100".parse().unwrap()));
+        assert_eq!(
+            check_static(&s, "10.0.0.10"),
+            Ok("10.0.0.10".parse().unwrap())
+        );
+        assert_eq!(
+            check_static(&s, "10.0.0.20"),
+            Ok("10.0.0.20".parse().unwrap())
+        );
+        assert_eq!(
+            check_static(&s, "10.0.0.100"),
+            Ok("10.0.0.100".parse().unwrap())
+        );
+        assert_eq!(
+            check_static(&s, "10.0.0.1"),
+            Err("10.0.0.1 is the gateway".into())
+        );
+        assert_eq!(
+            check_static(&s, "10.0.0.21"),
+            Err(
+                "10.0.0.21 is outside the ranges 10.0.0.10-10.0.0.20, 10.0.0.100-10.0.0.100".into()
+            )
+        );
+        assert_eq!(
+            check_static(&s, "10.0.1.10"),
+            Err(
+                "10.0.1.10 is outside the ranges 10.0.0.10-10.0.0.20, 10.0.0.100-10.0.0.100".into()
+            )
+        );
+        assert_eq!(
+            check_static(&s, "10.0.0.255"),
+            Err("10.0.0.255 is not a host address of 10.0.0.0/24".into())
+        );
+        assert_eq!(
+            check_static(&s, "10.0.0"),
+            Err("\"10.0.0\" is not an IPv4 address".into())
+        );
+    }
+
+    #[test]
+    fn static_addresses_are_checked_per_nic_before_anything_is_claimed() {
+        use strata_apis::{VirtualMachineSpec, VmNic};
+        let network = |name: &str| Network {
+            name: name.into(),
+            subnet: subnet("10.0.0.0/24", "10.0.0.1", "10.0.0.10", "10.0.0.20"),
+            dns: vec![],
+            dns_domain: None,
+            l2: strata_apis::VmiL2Network::default(),
+        };
+        let vm = |ips: [Option<&str>; 2]| {
+            VirtualMachine::new(
+                "vm",
+                VirtualMachineSpec {
+                    nics: ips
+                        .iter()
+                        .map(|ip| VmNic {
+                            l3_network: "net".into(),
+                            ip: ip.map(str::to_string),
+                            ..VmNic::default()
+                        })
+                        .collect(),
+                    ..VirtualMachineSpec::default()
+                },
+            )
+        };
+        let networks = [network("a"), network("b")];
+        assert_eq!(
+            static_addresses(&vm([None, Some("10.0.0.15")]), &networks),
+            Ok(vec![None, Some("10.0.0.15".parse().unwrap())])
+        );
+        let problem = static_addresses(&vm([None, Some("10.0.0.1")]), &networks).unwrap_err();
+        assert_eq!(problem.reason, "IPOutOfRange");
+        assert_eq!(
+            problem.message,
+            "spec.nics[1].ip on L3Network \"b\": 10.0.0.1 is the gateway"
+        );
     }
 }

@@ -3,11 +3,12 @@
 //! what the agent reports. Deletion destroys the instance before releasing the addresses.
 
 mod instance;
+pub(crate) mod inventory;
 mod ipam;
 pub(crate) mod schedule;
 mod status;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
@@ -22,14 +23,15 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::VM_FINALIZER, l3network::Subnet, quantity, Host, HostAdminState, HostState, Image,
-    ImageSpec, InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy,
-    VirtualMachine, VirtualMachineInstance, VirtualMachineStatus, VmiL2Network,
+    condition::VM_FINALIZER, l3network::Subnet, quantity, Host, HostState, Image, ImageSpec,
+    InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineStatus, VmiL2Network,
 };
+use strata_apis::{AllocatorStrategy, Cluster, GlobalConfig, PrimaryStorage, Zone};
 
 use self::{
     instance::Applied,
-    schedule::{Candidate, Placement, Resources},
+    schedule::{Candidate, Choice, Placement, Request, Resources},
     status::Observation,
 };
 use crate::{events, Context, Error};
@@ -74,13 +76,18 @@ pub(crate) struct Resolved {
     pub size: Resources,
     pub memory: Quantity,
     pub image: ImageSpec,
+    /// The image's virtual size, once it has been measured (`status.virtualSize`).
+    pub image_virtual_size: Option<u64>,
+    /// How the scheduler picks among fitting hosts (the offering's; Spread without one).
+    pub strategy: AllocatorStrategy,
     pub networks: Vec<Network>,
 }
 
 pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let vms = Controller::new(Api::all(client.clone()), watcher::Config::default());
     let store = vms.store();
-    let (offerings, images, networks, hosts) = (store.clone(), store.clone(), store.clone(), store);
+    let (offerings, images, networks, hosts) =
+        (store.clone(), store.clone(), store.clone(), store.clone());
     vms.owns(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
@@ -124,6 +131,37 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
             })
         },
     )
+    // What placement reads besides hosts: a change may make a waiting VM schedulable.
+    .watches(
+        Api::<Cluster>::all(client.clone()),
+        watcher::Config::default(),
+        unplaced(&store),
+    )
+    .watches(
+        Api::<Zone>::all(client.clone()),
+        watcher::Config::default(),
+        unplaced(&store),
+    )
+    .watches(
+        Api::<PrimaryStorage>::all(client.clone()),
+        watcher::Config::default(),
+        unplaced(&store),
+    )
+    .watches(
+        Api::<GlobalConfig>::all(client.clone()),
+        watcher::Config::default(),
+        unplaced(&store),
+    )
+}
+
+/// A mapper that wakes every VM still waiting for a host.
+fn unplaced<K>(store: &Store<VirtualMachine>) -> impl Fn(K) -> Vec<ObjectRef<VirtualMachine>> {
+    let store = store.clone();
+    move |_| {
+        referring(&store, |vm| {
+            vm.status.as_ref().and_then(|s| s.host.as_ref()).is_none()
+        })
+    }
 }
 
 fn referring(
@@ -194,6 +232,13 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
+    // A static address that can never be given is refused before the VM takes a host.
+    if let Err(problem) = ipam::static_addresses(vm, &resolved.networks) {
+        let observation = Observation::Blocked(problem);
+        update_status(ctx, vm, &current, observation, current.nics.clone()).await?;
+        return Ok(Action::requeue(BLOCKED_RETRY));
+    }
+
     let host = match &current.host {
         Some(host) => {
             // Re-assert a placement made before a restart, until the cache shows its instance.
@@ -208,15 +253,8 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             }
             host.clone()
         }
-        None => match schedule(
-            ctx,
-            &key,
-            resolved.size,
-            vm.spec.placement.as_ref().and_then(|p| p.host.as_deref()),
-        )
-        .await
-        {
-            Ok(host) => {
+        None => match schedule(ctx, &key, &request(vm, &resolved)).await {
+            Ok(Choice { host, .. }) => {
                 // The placement is recorded before anything else, so a crash after this point
                 // resumes on the same host instead of scheduling the VM again.
                 let placed = Observation::Placed {
@@ -358,7 +396,7 @@ async fn release_addresses(ctx: &Context, vm: &VirtualMachine) -> Result<(), Err
 
 /// Fetches and validates the offering (or explicit size), image and networks the VM names.
 async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, Problem>, Error> {
-    let (what, cpu, memory) = match &vm.spec.instance_offering {
+    let (what, cpu, memory, strategy) = match &vm.spec.instance_offering {
         Some(name) => {
             let Some(offering) = get::<InstanceOffering>(ctx, name).await? else {
                 return Ok(Err(not_found("InstanceOffering", name)));
@@ -367,12 +405,14 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
                 format!("InstanceOffering {name:?}"),
                 offering.spec.cpu,
                 offering.spec.memory,
+                offering.spec.allocator_strategy,
             )
         }
         None => (
             "the VM".to_string(),
             vm.spec.cpu.unwrap_or_default(),
             vm.spec.memory.clone().unwrap_or_default(),
+            AllocatorStrategy::default(),
         ),
     };
     let memory_bytes = match quantity::parse_quantity(&memory) {
@@ -403,7 +443,13 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
             memory: memory_bytes,
         },
         memory,
+        image_virtual_size: image
+            .status
+            .as_ref()
+            .and_then(|s| s.virtual_size.as_ref())
+            .and_then(|q| quantity::parse_quantity(q).ok()),
         image: image.spec,
+        strategy,
         networks,
     }))
 }
@@ -480,17 +526,40 @@ where
         })
 }
 
-/// Chooses a host and assumes the placement, atomically with respect to other VMs.
-async fn schedule(
-    ctx: &Context,
-    key: &str,
-    request: Resources,
-    pinned: Option<&str>,
-) -> Result<String, String> {
-    // Scheduling on half-filled caches would overcommit hosts.
-    if ctx.hosts.wait_until_ready().await.is_err() || ctx.vmis.wait_until_ready().await.is_err() {
+/// What `vm` asks of the scheduler: its size, root disk, L2 networks, pinning and strategy.
+fn request(vm: &VirtualMachine, resolved: &Resolved) -> Request {
+    let placement = vm.spec.placement.clone().unwrap_or_default();
+    Request {
+        size: resolved.size,
+        root_disk: vm
+            .spec
+            .root_disk_size
+            .as_ref()
+            .and_then(|q| quantity::parse_quantity(q).ok())
+            .or(resolved.image_virtual_size),
+        l2_networks: resolved
+            .networks
+            .iter()
+            .map(|n| n.l2.name.clone())
+            .collect(),
+        zone: placement.zone,
+        cluster: placement.cluster,
+        host: placement.host,
+        strategy: resolved.strategy,
+    }
+}
+
+/// Chooses a host and assumes the placement, atomically with respect to other VMs: the
+/// assumed placements stay locked from reading the usage to recording the choice.
+async fn schedule(ctx: &Context, key: &str, request: &Request) -> Result<Choice, String> {
+    // Scheduling on half-filled caches would overcommit hosts or miss clusters.
+    if ctx.hosts.wait_until_ready().await.is_err()
+        || ctx.vmis.wait_until_ready().await.is_err()
+        || !ctx.inventory.ready().await
+    {
         return Err("the host and instance caches are not ready".into());
     }
+    let config = ctx.inventory.global();
     let mut assumed = ctx.assumed();
     let placed = ctx.vmis.state();
     let usage = assumed.usage(placed.iter().filter_map(|vmi| {
@@ -509,35 +578,20 @@ async fn schedule(
         .hosts
         .state()
         .iter()
-        .map(|h| candidate(h, &usage))
+        .map(|h| {
+            let used = usage.get(&h.name_any()).copied().unwrap_or_default();
+            ctx.inventory.candidate(h, &config, used)
+        })
         .collect();
-    let host = schedule::pick(request, &candidates, pinned)?;
+    let choice = schedule::pick(request, &candidates)?;
     assumed.assume(
         key.to_string(),
         Placement {
-            host: host.clone(),
-            request,
+            host: choice.host.clone(),
+            request: request.size,
         },
     );
-    Ok(host)
-}
-
-fn candidate(host: &Host, usage: &HashMap<String, Resources>) -> Candidate {
-    let name = host.name_any();
-    let status = host.status.as_ref();
-    let capacity = status.and_then(|s| s.capacity.as_ref()).and_then(|c| {
-        Some(Resources {
-            cpu: c.cpu,
-            memory: quantity::parse_quantity(&c.memory).ok()?,
-        })
-    });
-    Candidate {
-        ready: status.is_some_and(|s| s.state == Some(HostState::Connected)),
-        enabled: host.spec.admin_state == HostAdminState::Enabled,
-        capacity,
-        used: usage.get(&name).copied().unwrap_or_default(),
-        name,
-    }
+    Ok(choice)
 }
 
 fn host_connected(ctx: &Context, host: &str) -> bool {
