@@ -223,7 +223,8 @@ impl L3Ctx<'_> {
     }
 }
 
-fn addresses(ns: &Netns, dev: &str) -> Result<Vec<String>> {
+/// The IPv4 addresses (`a.b.c.d/len`) of a device.
+pub(crate) fn addresses(ns: &Netns, dev: &str) -> Result<Vec<String>> {
     let out = ns.ip(&["-j", "-4", "addr", "show", "dev", dev])?;
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|source| Error::Parse {
         command: format!("ip -j addr show dev {dev}"),

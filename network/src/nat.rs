@@ -15,6 +15,7 @@ use nftables::types::{NfChainType, NfFamily, NfHook};
 
 use crate::error::{Error, Result};
 use crate::exec::{self, Netns};
+use crate::l3::addresses;
 use crate::names;
 use crate::nft::{self, TableBuilder};
 
@@ -198,27 +199,22 @@ pub(crate) fn ensure(host: &Netns, scope: &str, spec: &NatSpec) -> Result<()> {
         .iter()
         .map(|v| format!("{v}/{}", spec.public.cidr.prefix_len()))
         .collect();
-    let out = inner.ip(&["-j", "-4", "addr", "show", "dev", &pub_if])?;
-    let have: Vec<String> = serde_json::from_str::<serde_json::Value>(&out)
-        .map_err(|source| Error::Parse {
-            command: format!("ip -j addr show dev {pub_if}"),
-            source,
-        })?
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| {
-            Some(format!(
-                "{}/{}",
-                a["local"].as_str()?,
-                a["prefixlen"].as_u64()?
-            ))
-        })
-        .collect();
-    for a in have.iter().filter(|a| !want.contains(a)) {
+    // Deleting an interface's primary address deletes its secondaries too unless they are
+    // promoted; keep the other VIPs when one EIP goes away.
+    inner.exec(
+        "sysctl",
+        &[
+            "-qw",
+            &format!("net.ipv4.conf.{pub_if}.promote_secondaries=1"),
+        ],
+    )?;
+    for a in addresses(&inner, &pub_if)?
+        .iter()
+        .filter(|a| !want.contains(a))
+    {
         inner.ip(&["addr", "del", a, "dev", &pub_if])?;
     }
+    let have = addresses(&inner, &pub_if)?;
     for a in want.iter().filter(|a| !have.contains(a)) {
         inner.ip(&["addr", "add", a, "dev", &pub_if])?;
     }
