@@ -60,8 +60,8 @@ pub use vm::{
     VmNicStatus, VmPhase,
 };
 pub use vmi::{
-    VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus, VmiL2Network,
-    VmiNic, VmiPhase,
+    PowerState, VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
+    VmiL2Network, VmiNic, VmiPhase,
 };
 pub use volume::{Volume, VolumeSpec, VolumeStatus, VolumeType};
 pub use volumesnapshot::{VolumeSnapshot, VolumeSnapshotSpec, VolumeSnapshotStatus};

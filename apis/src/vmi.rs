@@ -47,10 +47,9 @@ pub struct VirtualMachineInstanceSpec {
     /// Size of the root volume; the image's own size when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_disk_size: Option<Quantity>,
-    /// Whether the domain should run. False keeps it defined with its disks, shut off, so a
-    /// stopped VM keeps its root volume on the host's storage.
-    #[serde(default = "running_by_default")]
-    pub running: bool,
+    /// The power state the agent drives the domain to.
+    #[serde(default)]
+    pub power_state: PowerState,
     /// The VM's user data, served to it by the metadata service of its L3 networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
@@ -59,8 +58,16 @@ pub struct VirtualMachineInstanceSpec {
     pub nics: Vec<VmiNic>,
 }
 
-fn running_by_default() -> bool {
-    true
+/// The power state of a domain, as the VM controller wants it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum PowerState {
+    /// Running.
+    #[default]
+    Running,
+    /// Shut off but still defined, so a stopped VM keeps its volumes on the host's storage.
+    Stopped,
+    /// Running, with its vCPUs paused and its memory kept.
+    Paused,
 }
 
 /// A resolved network interface.

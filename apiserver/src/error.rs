@@ -79,8 +79,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")]
-    UnsupportedPatchType,
+    /// A body in a media type the endpoint does not decode: 415 naming the types it accepts,
+    /// as kube-apiserver answers.
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
+    UnsupportedMediaType(&'static str),
     #[error("Unauthorized")]
     Unauthorized,
     #[error("the server does not allow this method on the requested resource")]
@@ -103,7 +107,7 @@ impl ApiError {
             ApiError::Invalid(..) => 422,
             ApiError::BadRequest(_) => 400,
             ApiError::Forbidden(_) => 403,
-            ApiError::UnsupportedPatchType => 415,
+            ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Unauthorized => 401,
             ApiError::MethodNotAllowed => 405,
             ApiError::Expired(_) => 410,
@@ -120,7 +124,7 @@ impl ApiError {
             ApiError::Invalid(..) => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Forbidden(_) => "Forbidden",
-            ApiError::UnsupportedPatchType => "UnsupportedMediaType",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Expired(_) => "Expired",

@@ -109,8 +109,13 @@ impl App {
     fn orphan_dependents(&self, uid: &str) {
         for (key, obj) in self.dependents(uid) {
             let mut updated = (*obj).clone();
-            if let Some(refs) = updated["metadata"]["ownerReferences"].as_array_mut() {
+            let meta = &mut updated["metadata"];
+            if let Some(refs) = meta["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"].as_str() != Some(uid));
+                // Upstream omits an empty list, so clients see "no owner", not "[]".
+                if refs.is_empty() {
+                    meta.as_object_mut().map(|m| m.remove("ownerReferences"));
+                }
             }
             if let Err(e) = self.cache.update(&key, resource_version(&obj), updated) {
                 tracing::warn!(key, error = %e, "orphaning a dependent failed");

@@ -23,6 +23,7 @@ pub mod jsonpath;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod rest;
 pub mod selectors;

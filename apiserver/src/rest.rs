@@ -594,7 +594,9 @@ impl App {
         body: &[u8],
     ) -> Result<Response, ApiError> {
         let patch_type =
-            PatchType::from_content_type(content_type).ok_or(ApiError::UnsupportedPatchType)?;
+            PatchType::from_content_type(content_type).ok_or(ApiError::UnsupportedMediaType(
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            ))?;
         if patch_type != PatchType::Apply && req.param("force").is_some() {
             return Err(ApiError::Invalid(
                 req.def.target(req.name()),

@@ -38,7 +38,7 @@ fn vmi(name: &str, host: &str) -> VirtualMachineInstance {
             memory: k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into()),
             image: "cirros".into(),
             image_url: "http://example/cirros.img".into(),
-            nics: vec![],
+            ..VirtualMachineInstanceSpec::default()
         },
     )
 }

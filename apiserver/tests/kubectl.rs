@@ -102,22 +102,73 @@ spec:
   - l3Network: flat
 ";
 
+/// The kubectl versions users run against Strata; each runs the whole script below.
+fn versioned(version: &str) -> PathBuf {
+    let bin = PathBuf::from(format!("{SDK}/kubectl.{version}"));
+    assert!(
+        bin.is_file(),
+        "kubectl {version} is expected at {}",
+        bin.display()
+    );
+    bin
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_apply_get_delete() {
-    let Some(bin) = find_kubectl(None) else {
-        eprintln!("SKIPPED: no kubectl binary found in {SDK} or on PATH");
-        return;
-    };
+async fn kubectl_1_27() {
+    everyday_commands("1.27").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_29() {
+    everyday_commands("1.29").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_33() {
+    everyday_commands("1.33").await;
+}
+
+/// What a kubectl user does day to day, with one kubectl version, against a fresh server.
+async fn everyday_commands(version: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = common::start_open(&dir.path().join("data")).await;
-    let k = Kubectl::new(bin, &srv.url, dir.path(), "latest");
+    let k = Kubectl::new(versioned(version), &srv.url, dir.path(), version);
+
+    // A built-in kind: kubectl 1.33 sends it as protobuf.
+    assert!(k
+        .ok(&["create", "namespace", "team-a"])
+        .await
+        .contains("namespace/team-a created"));
+    assert!(k.ok(&["get", "ns"]).await.contains("team-a"));
 
     let vm = k.write("vm.yaml", VM);
     assert!(k
         .ok(&["apply", "-f", &vm])
         .await
         .contains("virtualmachine.strata.io/vm1 created"));
+    reads(&k).await;
+    writes(&k, &vm).await;
+    watches_and_waits(&k).await;
 
+    // Discovery and OpenAPI consumers.
+    let resources = k.ok(&["api-resources"]).await;
+    assert!(
+        resources.contains("virtualmachines") && resources.contains("namespaces"),
+        "{resources}"
+    );
+    let explain = k.ok(&["explain", "vm.spec"]).await;
+    assert!(explain.contains("Name of the Image"), "{explain}");
+
+    cascading_deletes(&k).await;
+    prune(&k).await;
+
+    assert!(k.ok(&["delete", "vm", "vm1"]).await.contains("deleted"));
+    let (ok, _, err) = k.run(&["get", "vm", "vm1"]).await;
+    assert!(!ok && err.contains("not found"), "{err}");
+    srv.stop().await;
+}
+
+async fn reads(k: &Kubectl) {
     let table = k.ok(&["get", "vm"]).await;
     for header in ["NAME", "PHASE", "HOST", "IP", "AGE"] {
         assert!(table.contains(header), "missing {header} in:\n{table}");
@@ -132,34 +183,68 @@ async fn kubectl_apply_get_delete() {
         wide.contains("OFFERING") && wide.contains("small"),
         "{wide}"
     );
-
     let yaml = k.ok(&["get", "vm", "vm1", "-o", "yaml"]).await;
     assert!(yaml.contains("kind: VirtualMachine"), "{yaml}");
     assert!(yaml.contains("image: cirros"), "{yaml}");
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "vm", "vm1", "-o", "json"]).await).expect("json");
+    assert_eq!(json["metadata"]["labels"]["app"], "web");
+    let columns = k
+        .ok(&[
+            "get",
+            "vm",
+            "-o",
+            "custom-columns=NAME:.metadata.name,IMAGE:.spec.image",
+        ])
+        .await;
+    let row: Vec<&str> = columns
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["vm1", "cirros"], "{columns}");
+}
 
+async fn writes(k: &Kubectl, vm: &str) {
     // Re-applying a changed file patches it (client-side 3-way merge patch).
     let changed = k.write("vm2.yaml", &VM.replace("image: cirros", "image: debian"));
     assert!(k
         .ok(&["apply", "-f", &changed])
         .await
         .contains("configured"));
-    assert!(k
-        .ok(&["get", "vm", "vm1", "-o", "jsonpath={.spec.image}"])
-        .await
-        .contains("debian"));
+    assert_eq!(
+        k.ok(&["get", "vm", "vm1", "-o", "jsonpath={.spec.image}"])
+            .await,
+        "debian"
+    );
     assert!(k.ok(&["apply", "-f", &changed]).await.contains("unchanged"));
 
+    // diff is a server-side dry run: it shows the change, exits 1 and stores nothing.
+    let next = k.write("vm3.yaml", &VM.replace("image: cirros", "image: ubuntu"));
+    let (same, out, err) = k.run(&["diff", "-f", &next]).await;
+    assert!(
+        !same && out.contains("-  image: debian") && out.contains("+  image: ubuntu"),
+        "diff: {out}\n{err}"
+    );
+    assert_eq!(
+        k.ok(&["get", "vm", "vm1", "-o", "jsonpath={.spec.image}"])
+            .await,
+        "debian"
+    );
+
     // Server-side apply of a value the client-side apply set: a conflict, as upstream, until
-    // forced. Then merge and json patches, labels.
-    let (ok, _, err) = k.run(&["apply", "--server-side", "-f", &vm]).await;
+    // forced.
+    let (ok, _, err) = k.run(&["apply", "--server-side", "-f", vm]).await;
     assert!(
         !ok && err
             .contains("Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\"")
             && err.contains(".spec.image"),
         "{err}"
     );
-    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &vm])
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", vm])
         .await;
+
     k.ok(&[
         "patch",
         "vm",
@@ -180,6 +265,16 @@ async fn kubectl_apply_get_delete() {
         r#"[{"op":"replace","path":"/spec/image","value":"alpine"}]"#,
     ])
     .await;
+    let spec = k
+        .ok(&[
+            "get",
+            "vm",
+            "vm1",
+            "-o",
+            "jsonpath={.spec.runStrategy} {.spec.image}",
+        ])
+        .await;
+    assert_eq!(spec, "Halted alpine");
     let (ok, _, err) = k
         .run(&["patch", "vm", "vm1", "-p", r#"{"spec":{"image":"x"}}"#])
         .await;
@@ -187,11 +282,28 @@ async fn kubectl_apply_get_delete() {
         !ok && err.contains("unknown format"),
         "strategic merge patch is refused: {err}"
     );
+
     k.ok(&["label", "vm", "vm1", "tier=front"]).await;
+    k.ok(&["annotate", "vm", "vm1", "owner=ops"]).await;
     assert!(k
-        .ok(&["get", "vm", "-l", "tier=front", "-o", "name"])
+        .ok(&["get", "vm", "-l", "tier=front,app in (web)", "-o", "name"])
         .await
         .contains("virtualmachine.strata.io/vm1"));
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "vm",
+            "vm1",
+            "-o",
+            "jsonpath={.metadata.annotations.owner}"
+        ])
+        .await,
+        "ops"
+    );
+    assert!(k
+        .ok(&["get", "vm", "-l", "tier!=front", "-o", "name"])
+        .await
+        .is_empty());
 
     // Strict validation of unknown fields, as kubectl asks for it.
     let bad = k.write(
@@ -201,30 +313,164 @@ async fn kubectl_apply_get_delete() {
     );
     let (ok, _, err) = k.run(&["apply", "-f", &bad]).await;
     assert!(!ok && err.contains("unknown field \"spec.foo\""), "{err}");
+}
 
-    // Discovery and OpenAPI consumers.
-    let resources = k.ok(&["api-resources"]).await;
-    assert!(
-        resources.contains("virtualmachines") && resources.contains("namespaces"),
-        "{resources}"
+async fn watches_and_waits(k: &Kubectl) {
+    // `get -w` prints the current state, then every change as it happens.
+    let mut watch = std::process::Command::new(&k.bin)
+        .arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .args([
+            "get",
+            "vm",
+            "vm1",
+            "-w",
+            "--no-headers",
+            "-o",
+            "custom-columns=NAME:.metadata.name,IMAGE:.spec.image",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut next_line = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(20), lines.recv())
+            .await
+            .expect("a line from kubectl get -w within 20 s")
+            .expect("kubectl get -w ended")
+    };
+    assert!(next_line().await.contains("alpine"));
+    k.ok(&[
+        "patch",
+        "vm",
+        "vm1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"image":"busybox"}}"#,
+    ])
+    .await;
+    assert!(next_line().await.contains("busybox"));
+    watch.kill().expect("kill kubectl get -w");
+    let _ = watch.wait();
+
+    // wait on a field and on a condition written through the status subresource.
+    k.ok(&[
+        "wait",
+        "--for=jsonpath={.spec.image}=busybox",
+        "vm/vm1",
+        "--timeout=20s",
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "vm",
+        "vm1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Test","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+    ])
+    .await;
+    k.ok(&["wait", "--for=condition=Ready", "vm/vm1", "--timeout=20s"])
+        .await;
+}
+
+/// An owner VM with one owned instance, for the cascade policies.
+async fn owner_with_dependent(k: &Kubectl, name: &str) {
+    let owner = k.write(
+        &format!("{name}.yaml"),
+        &VM.replace("name: vm1", &format!("name: {name}")),
     );
-    let explain = k.ok(&["explain", "vm.spec"]).await;
-    assert!(explain.contains("Name of the Image"), "{explain}");
+    k.ok(&["apply", "-f", &owner]).await;
+    let uid = k
+        .ok(&["get", "vm", name, "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    let dependent = serde_json::json!({
+        "apiVersion": "strata.io/v1alpha1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {
+            "name": name,
+            "ownerReferences": [{
+                "apiVersion": "strata.io/v1alpha1", "kind": "VirtualMachine",
+                "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {"host": "h1", "cpu": 1, "memory": "64Mi", "image": "cirros", "imageUrl": "http://example/cirros.img"},
+    });
+    let file = k.write(&format!("{name}-vmi.json"), &dependent.to_string());
+    k.ok(&["create", "-f", &file]).await;
+}
 
-    assert!(k.ok(&["delete", "vm", "vm1"]).await.contains("deleted"));
-    let (ok, _, err) = k.run(&["get", "vm", "vm1"]).await;
-    assert!(!ok && err.contains("not found"), "{err}");
+async fn cascading_deletes(k: &Kubectl) {
+    owner_with_dependent(k, "orphaner").await;
+    k.ok(&["delete", "vm", "orphaner", "--cascade=orphan"])
+        .await;
+    let owners = k
+        .ok(&[
+            "get",
+            "vmi",
+            "orphaner",
+            "-o",
+            "jsonpath={.metadata.ownerReferences}",
+        ])
+        .await;
+    assert!(
+        owners.is_empty(),
+        "an orphaned dependent stays, without its owner: {owners}"
+    );
+    k.ok(&["delete", "vmi", "orphaner"]).await;
 
-    // Older kubectl needs /openapi/v2 for apply.
-    if let Some(old) = find_kubectl(Some("1.27")) {
-        let k127 = Kubectl::new(old, &srv.url, dir.path(), "k127");
-        assert!(k127.ok(&["apply", "-f", &vm]).await.contains("created"));
-        assert!(k127.ok(&["get", "vm"]).await.contains("vm1"));
-        k127.ok(&["delete", "vm", "vm1"]).await;
-    } else {
-        eprintln!("kubectl 1.27 not found; skipping the 1.27 part");
+    for cascade in ["background", "foreground"] {
+        owner_with_dependent(k, cascade).await;
+        k.ok(&["delete", "vm", cascade, &format!("--cascade={cascade}")])
+            .await;
+        k.ok(&[
+            "wait",
+            "--for=delete",
+            &format!("vmi/{cascade}"),
+            "--timeout=20s",
+        ])
+        .await;
+        let (ok, _, err) = k.run(&["get", "vm", cascade]).await;
+        assert!(!ok && err.contains("not found"), "{cascade}: {err}");
     }
-    srv.stop().await;
+}
+
+async fn prune(k: &Kubectl) {
+    let set = k.dir.join("set");
+    std::fs::create_dir_all(&set).expect("mkdir");
+    for name in ["keep", "drop"] {
+        let manifest = VM
+            .replace("name: vm1", &format!("name: {name}"))
+            .replace("app: web", "app: pruned");
+        std::fs::write(set.join(format!("{name}.yaml")), manifest).expect("write");
+    }
+    let dir = set.to_string_lossy().into_owned();
+    let allow = "--prune-allowlist=strata.io/v1alpha1/VirtualMachine";
+    k.ok(&["apply", "-f", &dir, "-l", "app=pruned", "--prune", allow])
+        .await;
+    std::fs::remove_file(set.join("drop.yaml")).expect("rm");
+    let out = k
+        .ok(&["apply", "-f", &dir, "-l", "app=pruned", "--prune", allow])
+        .await;
+    assert!(
+        out.contains("virtualmachine.strata.io/drop pruned"),
+        "{out}"
+    );
+    let left = k.ok(&["get", "vm", "-l", "app=pruned", "-o", "name"]).await;
+    assert_eq!(left.trim(), "virtualmachine.strata.io/keep");
+    k.ok(&["delete", "vm", "keep"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

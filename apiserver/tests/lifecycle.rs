@@ -32,7 +32,7 @@ fn owned_vmi(name: &str, owner: &VirtualMachine) -> VirtualMachineInstance {
             memory: k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into()),
             image: "cirros".into(),
             image_url: "http://example/cirros.img".into(),
-            nics: vec![],
+            ..VirtualMachineInstanceSpec::default()
         },
     );
     vmi.metadata.owner_references = owner.controller_owner_ref(&()).map(|r| vec![r]);

@@ -319,7 +319,7 @@ async fn vms_are_placed_addressed_run_and_cleaned_up() {
             vmi.spec.nics[0].l2.physical_interface.as_deref(),
             Some("eth1")
         );
-        assert!(vmi.spec.running);
+        assert_eq!(vmi.spec.power_state, PowerState::Running);
     }
     assert_eq!(hosts.len(), 2, "VMs spread over both hosts: {hosts:?}");
     let domains: usize = plane.drivers.iter().map(|d| d.domains().len()).sum();

@@ -6,7 +6,7 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec,
+    PowerState, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec,
     VirtualMachineInstanceStatus, VmNicStatus, VmiNic,
 };
 
@@ -52,7 +52,7 @@ pub(crate) fn build(
             image_checksum: resolved.image.checksum.clone(),
             direct_boot: resolved.image.direct_boot.clone(),
             root_disk_size: vm.spec.root_disk_size.clone(),
-            running: true,
+            power_state: PowerState::Running,
             user_data: vm.spec.user_data.clone(),
             nics,
         },
