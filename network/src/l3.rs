@@ -317,7 +317,9 @@ pub fn dnsmasq_args(spec: &L3Spec, dir: &Path) -> Vec<String> {
         "--log-dhcp".into(),
     ];
     if let Some(mtu) = spec.mtu {
-        a.push(format!("--dhcp-option=option:mtu,{mtu}"));
+        // Forced: many clients (busybox udhcpc by default) do not request option 26, and an
+        // overlay network with the wrong MTU half-works (small packets pass, large ones vanish).
+        a.push(format!("--dhcp-option-force=option:mtu,{mtu}"));
     }
     if let Some(domain) = &spec.domain {
         a.push(format!("--domain={domain}"));
@@ -483,6 +485,6 @@ mod tests {
         let a = dnsmasq_args(&spec, Path::new("/x"));
         assert!(a.contains(&"--dhcp-range=10.1.0.0,static,255.255.255.0,12h".to_string()));
         assert!(a.contains(&"--dhcp-option=option:dns-server,10.1.0.1".to_string()));
-        assert!(a.contains(&"--dhcp-option=option:mtu,1450".to_string()));
+        assert!(a.contains(&"--dhcp-option-force=option:mtu,1450".to_string()));
     }
 }
