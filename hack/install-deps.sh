@@ -39,6 +39,8 @@ if [ "$mode" = test ]; then
   command -v ip >/dev/null 2>&1 || apt_need+=(iproute2)
   command -v ping >/dev/null 2>&1 || apt_need+=(iputils-ping)
   command -v cpio >/dev/null 2>&1 || apt_need+=(cpio)
+  #   busybox        udhcpc, nc, httpd: the network driver's tests play guests in namespaces with it
+  command -v busybox >/dev/null 2>&1 || apt_need+=(busybox-static)
 fi
 if [ ${#apt_need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
