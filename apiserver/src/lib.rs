@@ -20,6 +20,7 @@ pub mod error;
 pub mod gc;
 pub mod handlers;
 pub mod jsonpath;
+pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -95,7 +96,27 @@ pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    serve_inner(opts, Limits::default(), Some(tls), listener, shutdown).await
+    serve_tls_with_metrics(opts, tls, Vec::new(), listener, shutdown).await
+}
+
+/// Like [`serve_tls`]; `/metrics` also encodes `metrics`, the registries of other components
+/// running in this process (`strata up`'s controllers and agents).
+pub async fn serve_tls_with_metrics(
+    opts: ServeOptions,
+    tls: TlsIdentity,
+    metrics: Vec<Arc<prometheus_client::registry::Registry>>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    serve_inner(
+        opts,
+        Limits::default(),
+        Some(tls),
+        metrics,
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 #[doc(hidden)]
@@ -105,7 +126,7 @@ pub async fn serve_with_limits(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    serve_inner(opts, limits, None, listener, shutdown).await
+    serve_inner(opts, limits, None, Vec::new(), listener, shutdown).await
 }
 
 /// How long start-up waits for etcd to answer, so `strata up` can start alongside it.
@@ -128,10 +149,16 @@ async fn serve_inner(
     opts: ServeOptions,
     limits: Limits,
     tls: Option<TlsIdentity>,
+    extra_metrics: Vec<Arc<prometheus_client::registry::Registry>>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let store = open_store(&opts)?;
+    let api_metrics = metrics::ApiMetrics::new();
+    let (backend, redb_file) = match &opts.store {
+        StoreConfig::Embedded => ("redb", Some(opts.data_dir.join("store.redb"))),
+        StoreConfig::Etcd { .. } => ("etcd", None),
+    };
+    let store = api_metrics.time_store(open_store(&opts)?, backend);
     let cache = cache::Cache::load(store, limits.event_ring).map_err(Error::Store)?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let app = Arc::new(rest::App::new(
@@ -158,7 +185,13 @@ async fn serve_inner(
                 source: Box::new(e),
             })?;
         }
-        let router = handlers::router(app.clone());
+        let router = metrics::instrument(
+            handlers::router(app.clone()),
+            app.clone(),
+            api_metrics,
+            redb_file,
+            extra_metrics,
+        );
         let signal = async move {
             shutdown.await;
             // Watches observe this and end their streams, so the drain can finish.

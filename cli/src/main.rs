@@ -13,11 +13,21 @@ use strata_cli::{bench, crdgen, up};
     about = "Strata: a declarative IaaS control plane"
 )]
 struct Cli {
-    /// Log as JSON lines instead of human-readable text.
+    /// Log format: human-readable `text`, or `json` lines (one object per event, with every
+    /// field, for log pipelines).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STRATA_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Same as `--log-format json`.
     #[arg(long, global = true, env = "STRATA_LOG_JSON")]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -38,7 +48,10 @@ async fn main() -> std::process::ExitCode {
         Command::Bench(_) => "warn",
         _ => "info",
     };
-    init_tracing(cli.log_json, default_level);
+    init_tracing(
+        cli.log_json || cli.log_format == LogFormat::Json,
+        default_level,
+    );
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Crdgen(args) => crdgen::run(&args),

@@ -161,8 +161,15 @@ pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
     let identity = pki::serving_identity(&opts.data_dir, addr.ip())?;
     let kubeconfig_path = kubeconfig::write(&opts.data_dir, addr, &token, &identity.ca_pem)?;
 
+    // Each component keeps its own registry; the API server's /metrics serves them all, since
+    // this process has one port (docs/operations.md, "Metrics").
+    let mut controller_registry = prometheus_client::registry::Registry::default();
+    let controller_metrics = strata_controllers::Metrics::register(&mut controller_registry);
+    let mut agent_registry = prometheus_client::registry::Registry::default();
+    let agent_metrics = strata_node_agent::Metrics::register(&mut agent_registry);
+
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(strata_apiserver::serve_tls(
+    let server = tokio::spawn(strata_apiserver::serve_tls_with_metrics(
         strata_apiserver::ServeOptions {
             data_dir: opts.data_dir.clone(),
             store: opts.store.clone(),
@@ -173,6 +180,7 @@ pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
             cert_der: identity.cert_der,
             key_der: identity.key_der,
         },
+        vec![Arc::new(controller_registry), Arc::new(agent_registry)],
         listener,
         wait_for(stop_rx),
     ));
@@ -186,7 +194,9 @@ pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
     workers.spawn({
         let client = client.clone();
         async move {
-            if let Err(err) = strata_controllers::run(client, controller_opts).await {
+            let run =
+                strata_controllers::run_with_metrics(client, controller_opts, controller_metrics);
+            if let Err(err) = run.await {
                 tracing::error!(error = %crate::error_chain(&err), "controllers stopped");
             }
         }
@@ -199,7 +209,8 @@ pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
             capacity: opts.host_capacity.clone(),
             heartbeat_interval: opts.heartbeat,
         };
-        let agent = Agent::new(client.clone(), config, Arc::new(driver));
+        let agent = Agent::new(client.clone(), config, Arc::new(driver))
+            .with_metrics(agent_metrics.clone());
         workers.spawn(async move {
             if let Err(err) = agent.run().await {
                 tracing::error!(error = %crate::error_chain(&err), "agent stopped");

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod host;
 mod l3network;
+pub mod metrics;
 mod vm;
 
 use std::{sync::Arc, time::Duration};
@@ -29,6 +30,7 @@ use strata_apis::{IpAddress, VirtualMachineInstance, SYSTEM_NAMESPACE};
 use tracing::{debug, warn};
 
 pub use error::Error;
+pub use metrics::Metrics;
 
 use crate::context::Context;
 
@@ -50,6 +52,15 @@ impl Default for ControllerOptions {
 
 /// Runs every controller until the returned future is dropped.
 pub async fn run(client: Client, opts: ControllerOptions) -> Result<(), Error> {
+    run_with_metrics(client, opts, Arc::default()).await
+}
+
+/// Like [`run`], measured into `metrics` (see [`Metrics::register`]).
+pub async fn run_with_metrics(
+    client: Client,
+    opts: ControllerOptions,
+    metrics: Arc<Metrics>,
+) -> Result<(), Error> {
     let hosts = host::controller(&client);
     let vms = vm::controller(&client);
     let l3networks = l3network::controller(&client);
@@ -83,12 +94,27 @@ pub async fn run(client: Client, opts: ControllerOptions) -> Result<(), Error> {
     let controllers = future::join3(
         drain(
             "host",
-            hosts.run(host::reconcile, host::error_policy, ctx.clone()),
+            hosts.run(
+                metrics.instrument("host", Metrics::ignore, host::reconcile),
+                host::error_policy,
+                ctx.clone(),
+            ),
         ),
-        drain("vm", vms.run(vm::reconcile, vm::error_policy, ctx.clone())),
+        drain(
+            "vm",
+            vms.run(
+                metrics.instrument("vm", Metrics::observe_vm, vm::reconcile),
+                vm::error_policy,
+                ctx.clone(),
+            ),
+        ),
         drain(
             "l3network",
-            l3networks.run(l3network::reconcile, l3network::error_policy, ctx),
+            l3networks.run(
+                metrics.instrument("l3network", Metrics::ignore, l3network::reconcile),
+                l3network::error_policy,
+                ctx,
+            ),
         ),
     );
     future::join(caches, controllers).await;

@@ -20,7 +20,7 @@ use serde_json::json;
 use strata_apis::{Host, HostCapacity, HostSpec, VirtualMachineInstance, SYSTEM_NAMESPACE};
 use tracing::{debug, info, warn};
 
-use crate::{driver::Hypervisor, instance, Error};
+use crate::{driver::Hypervisor, instance, metrics::Metrics, Error};
 
 /// How often the agent renews its host's Lease unless configured otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -69,6 +69,7 @@ pub struct Agent {
     client: Client,
     config: AgentConfig,
     driver: Arc<dyn Hypervisor>,
+    metrics: Arc<Metrics>,
 }
 
 impl Agent {
@@ -77,7 +78,17 @@ impl Agent {
             client,
             config,
             driver,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Reports into `metrics` (see [`Metrics::register`]), which several agents may share.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        let host = &self.config.host_name;
+        metrics.add_host(host, &self.config.capacity);
+        self.driver = metrics.driver(host, self.driver);
+        self.metrics = metrics;
+        self
     }
 
     /// Registers the host, then heartbeats and runs its instances until the future is dropped.
@@ -101,7 +112,9 @@ impl Agent {
 
     async fn join(&self) -> Result<(), Error> {
         self.register().await?;
-        self.renew_lease().await
+        let renewed = self.renew_lease().await;
+        self.metrics.lease_renewal(&self.config.host_name, &renewed);
+        renewed
     }
 
     /// Creates the Host if absent (an existing one keeps its spec) and reports capacity and driver.
@@ -193,8 +206,10 @@ impl Agent {
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            if let Err(error) = self.renew_lease().await {
-                warn!(error = %error, "heartbeat failed");
+            let renewed = self.renew_lease().await;
+            self.metrics.lease_renewal(&self.config.host_name, &renewed);
+            if let Err(error) = renewed {
+                warn!(host = %self.config.host_name, error = %error, "heartbeat failed");
             }
         }
     }
@@ -207,7 +222,10 @@ impl Agent {
             host: self.config.host_name.clone(),
             driver: self.driver.clone(),
         });
-        Controller::new(api, watcher::Config::default().fields(&selector))
+        let controller = Controller::new(api, watcher::Config::default().fields(&selector));
+        self.metrics
+            .watch_instances(&self.config.host_name, controller.store());
+        controller
             .run(instance::reconcile, instance::error_policy, ctx)
             .for_each(|result| async move {
                 match result {

@@ -10,9 +10,11 @@ mod conditions;
 mod driver;
 mod error;
 mod instance;
+pub mod metrics;
 mod sim;
 
 pub use agent::{Agent, AgentConfig, DEFAULT_HEARTBEAT_INTERVAL};
 pub use driver::{Domain, DriverError, Hypervisor};
 pub use error::Error;
+pub use metrics::Metrics;
 pub use sim::SimDriver;
