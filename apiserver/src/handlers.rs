@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::registry::ResourceDef;
 use crate::rest::{App, ResourceRequest};
-use crate::{discovery, openapi, protobuf, watch};
+use crate::{discovery, openapi, protobuf, rest, watch};
 
 type AppState = State<Arc<App>>;
 type Params = Query<HashMap<String, String>>;
@@ -277,7 +277,7 @@ fn dispatch(
             return Err(ApiError::NoSuchResource);
         }
     }
-    let is_watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let is_watch = query.get("watch").and_then(|w| rest::parse_bool(w)) == Some(true);
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

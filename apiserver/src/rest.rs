@@ -46,6 +46,11 @@ impl ResourceRequest {
     pub fn param(&self, k: &str) -> Option<&str> {
         self.query.get(k).map(String::as_str)
     }
+    /// A boolean query parameter. kube-apiserver parses these with Go's `strconv.ParseBool`, and
+    /// clients rely on it: the Python client sends `watch=True`.
+    pub fn flag(&self, k: &str) -> Option<bool> {
+        self.param(k).and_then(parse_bool)
+    }
     fn dry_run(&self) -> bool {
         self.param("dryRun") == Some("All")
     }
@@ -866,7 +871,7 @@ impl App {
         let new_set = ssa::set_of(schema, &part);
         let conflicts = ssa::find_conflicts(current, me, &new_set, &part);
         if !conflicts.is_empty() {
-            if req.param("force") != Some("true") {
+            if req.flag("force") != Some(true) {
                 let causes = conflicts
                     .iter()
                     .map(|c| {
@@ -1009,7 +1014,7 @@ impl DeleteOptions {
             .or(req.param("propagationPolicy"));
         let orphan = v["orphanDependents"]
             .as_bool()
-            .or(req.param("orphanDependents").and_then(|o| o.parse().ok()));
+            .or(req.flag("orphanDependents"));
         let policy = Propagation::parse(policy_name, orphan).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "propagationPolicy: Unsupported value: {:?}: supported values: \"Foreground\", \"Background\", \"Orphan\"",
@@ -1044,6 +1049,15 @@ fn decode_continue(token: &str) -> Result<ContinueToken, ApiError> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(|| ApiError::BadRequest("continue key is not valid".into()))
+}
+
+/// Go's `strconv.ParseBool`.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 pub fn parse_body(body: &[u8]) -> Result<Value, ApiError> {

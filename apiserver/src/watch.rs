@@ -75,7 +75,7 @@ impl Watcher {
 pub fn watch(app: Arc<App>, req: &ResourceRequest) -> Result<Response, ApiError> {
     let filter = Filter::from_request(req)?;
     // WatchList: the current state as ADDED events, then a bookmark marking the end of them.
-    let initial_events = req.param("sendInitialEvents") == Some("true");
+    let initial_events = req.flag("sendInitialEvents") == Some(true);
     let start: Option<u64> = match req
         .param("resourceVersion")
         .filter(|s| !s.is_empty() && *s != "0")
@@ -100,7 +100,7 @@ pub fn watch(app: Arc<App>, req: &ResourceRequest) -> Result<Response, ApiError>
         filter,
         rendering: req.rendering(),
         include: IncludeObject::parse(req.param("includeObject")),
-        bookmarks: req.param("allowWatchBookmarks") == Some("true"),
+        bookmarks: req.flag("allowWatchBookmarks") == Some(true),
         sent_columns: false,
         tx,
     };
