@@ -98,6 +98,11 @@ impl L3Ctx<'_> {
 
         exec::ensure_netns(&netns)?;
         inner.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        // Both ends or none: a host end whose peer is not in the namespace (the namespace was
+        // deleted and recreated) is replaced.
+        if self.host.link_exists(&veth)? && !inner.link_exists(names::L3_INNER_IF)? {
+            self.host.ip(&["link", "del", &veth])?;
+        }
         if !self.host.link_exists(&veth)? {
             self.host.ip(&[
                 "link",
@@ -167,8 +172,9 @@ impl L3Ctx<'_> {
         let hosts_changed = write_if_changed(&hosts, &hostsfile(&spec.leases))?;
         let args = dnsmasq_args(spec, dir);
         let args_changed = write_if_changed(&dir.join("args"), &args.join("\n"))?;
-        match running_dnsmasq(dir, netns) {
-            Some(pid) if !args_changed => {
+        // A dnsmasq in a dead namespace or with another configuration is replaced.
+        match dnsmasq_pid(dir) {
+            Some(pid) if !args_changed && in_netns(pid, netns) => {
                 if hosts_changed {
                     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).map_err(|e| {
                         Error::Dnsmasq {
@@ -199,7 +205,7 @@ impl L3Ctx<'_> {
     /// Removes an L3 namespace by its name (orphans whose L3 name is unknown).
     pub fn remove_netns(&self, netns: &str) -> Result<()> {
         let dir = self.dir(netns);
-        if let Some(pid) = running_dnsmasq(&dir, netns) {
+        if let Some(pid) = dnsmasq_pid(&dir) {
             stop_pid(pid);
         }
         // Deleting the namespace destroys the veth pair with it.
@@ -328,9 +334,8 @@ pub fn dnsmasq_args(spec: &L3Spec, dir: &Path) -> Vec<String> {
     a
 }
 
-/// The pid of the dnsmasq serving `netns` from `dir`, if it is alive and still in that namespace
-/// (a namespace deleted and recreated behind our back leaves dnsmasq serving a dead one).
-fn running_dnsmasq(dir: &Path, netns: &str) -> Option<nix::unistd::Pid> {
+/// The pid of the dnsmasq started for `dir`, if it is alive.
+fn dnsmasq_pid(dir: &Path) -> Option<nix::unistd::Pid> {
     let pid: i32 = fs::read_to_string(dir.join("dnsmasq.pid"))
         .ok()?
         .trim()
@@ -338,13 +343,26 @@ fn running_dnsmasq(dir: &Path, netns: &str) -> Option<nix::unistd::Pid> {
         .ok()?;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
-    if !cmdline.contains("dnsmasq") || !cmdline.contains(&dir.display().to_string()) {
-        return None;
-    }
-    let want = fs::metadata(format!("/run/netns/{netns}")).ok()?;
-    let have = fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
-    (want.ino() == have.ino() && want.dev() == have.dev())
-        .then_some(nix::unistd::Pid::from_raw(pid))
+    let pid = nix::unistd::Pid::from_raw(pid);
+    (cmdline.contains("dnsmasq") && cmdline.contains(&dir.display().to_string()) && !is_zombie(pid))
+        .then_some(pid)
+}
+
+/// Whether `pid` runs in the named namespace (a namespace deleted and recreated behind our back
+/// leaves dnsmasq serving the dead one, which its open sockets keep alive).
+fn in_netns(pid: nix::unistd::Pid, netns: &str) -> bool {
+    let (Ok(want), Ok(have)) = (
+        fs::metadata(format!("/run/netns/{netns}")),
+        fs::metadata(format!("/proc/{pid}/ns/net")),
+    ) else {
+        return false;
+    };
+    want.ino() == have.ino() && want.dev() == have.dev()
+}
+
+/// The pid of the dnsmasq serving `netns` from `dir`, if it is alive and in that namespace.
+fn running_dnsmasq(dir: &Path, netns: &str) -> Option<nix::unistd::Pid> {
+    dnsmasq_pid(dir).filter(|pid| in_netns(*pid, netns))
 }
 
 fn stop_pid(pid: nix::unistd::Pid) {
