@@ -209,11 +209,12 @@ pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
             capacity: opts.host_capacity.clone(),
             heartbeat_interval: opts.heartbeat,
         };
+        let host = config.host_name.clone();
         let agent = Agent::new(client.clone(), config, Arc::new(driver))
             .with_metrics(agent_metrics.clone());
         workers.spawn(async move {
             if let Err(err) = agent.run().await {
-                tracing::error!(error = %crate::error_chain(&err), "agent stopped");
+                tracing::error!(%host, error = %crate::error_chain(&err), "agent stopped");
             }
         });
     }

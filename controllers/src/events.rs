@@ -47,7 +47,12 @@ where
             secondary: None,
         };
         if let Err(error) = recorder.publish(&event, &reference).await {
-            warn!(error = %error, reason = %event.reason, "failed to record event");
+            let name = reference.name.as_deref().unwrap_or_default();
+            let object = match reference.namespace.as_deref() {
+                Some(ns) => format!("{}/{ns}/{name}", K::kind(&())),
+                None => format!("{}/{name}", K::kind(&())),
+            };
+            warn!(%object, error = %error, reason = %event.reason, "failed to record event");
         }
     }
 }

@@ -137,7 +137,7 @@ where
         .reflect(writer)
         .for_each(|event| {
             if let Err(error) = event {
-                warn!(error = %error, "cache watch failed");
+                warn!(kind = %K::kind(&()), error = %error, "cache watch failed");
             }
             future::ready(())
         })
