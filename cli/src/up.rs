@@ -1,13 +1,14 @@
 //! `strata up`: the all-in-one control plane. One process runs the API server on the embedded
-//! store, every controller, and `--sim-hosts` node agents with the simulated hypervisor, all
-//! talking to each other through the API like separate processes would.
+//! store, every controller, and node agents, all talking to each other through the API like
+//! separate processes would: `--sim-hosts` agents with the simulated hypervisor, or one agent
+//! running real VMs on this machine's libvirtd (`--driver libvirt`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use strata_apis::HostCapacity;
-use strata_node_agent::{Agent, AgentConfig, SimDriver};
+use strata_node_agent::{Agent, AgentConfig, LibvirtConfig, LibvirtDriver, SimDriver};
 use tokio::sync::watch;
 
 use crate::{kubeconfig, pki, Error};
@@ -21,9 +22,17 @@ pub struct UpArgs {
     /// Address of the Kubernetes-compatible API (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: String,
-    /// Number of simulated hosts to run (named sim-host-1, sim-host-2, ...).
-    #[arg(long, default_value_t = 1)]
-    pub sim_hosts: usize,
+    /// The hypervisor the agents drive. `libvirt` runs real VMs on this machine's libvirtd
+    /// (starting it if needed) as one host; `sim` runs `--sim-hosts` simulated hosts; `auto`
+    /// picks libvirt when qemu:///system answers and no `--sim-hosts` were asked for.
+    #[arg(long, value_enum, default_value_t = DriverKind::Auto)]
+    pub driver: DriverKind,
+    /// Name of this machine's Host with the libvirt driver (default: its hostname).
+    #[arg(long)]
+    pub host_name: Option<String>,
+    /// Number of simulated hosts to run (named sim-host-1, sim-host-2, ...); 1 unless given.
+    #[arg(long)]
+    pub sim_hosts: Option<usize>,
     /// Cluster the simulated hosts join.
     #[arg(long, default_value = "cluster-1")]
     pub sim_cluster: String,
@@ -45,7 +54,25 @@ pub struct UpArgs {
     pub etcd_endpoints: Vec<String>,
 }
 
+/// Which hypervisor driver `strata up` gives its agents.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    Auto,
+    Sim,
+    Libvirt,
+}
+
 impl UpArgs {
+    /// Resolves `auto`: simulated hosts asked for by number win, then a libvirtd that answers.
+    pub fn driver(&self) -> DriverKind {
+        match self.driver {
+            DriverKind::Auto if self.sim_hosts.is_some() => DriverKind::Sim,
+            DriverKind::Auto if strata_virt_answers() => DriverKind::Libvirt,
+            DriverKind::Auto => DriverKind::Sim,
+            other => other,
+        }
+    }
+
     /// The store backend these arguments select.
     pub fn store(&self) -> strata_apiserver::StoreConfig {
         if self.etcd_endpoints.is_empty() {
@@ -56,6 +83,10 @@ impl UpArgs {
             }
         }
     }
+}
+
+fn strata_virt_answers() -> bool {
+    strata_node_agent::libvirt_answers()
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -69,32 +100,49 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 pub async fn run(args: UpArgs) -> Result<(), Error> {
     let memory = strata_apis::quantity::parse(&args.sim_host_memory)
         .map_err(|e| Error::Memory(args.sim_host_memory.clone(), e))?;
-    let hosts = (1..=args.sim_hosts)
+    let driver = args.driver();
+    let sim_hosts = match driver {
+        DriverKind::Libvirt => 0,
+        _ => args.sim_hosts.unwrap_or(1),
+    };
+    let hosts = (1..=sim_hosts)
         .map(|i| SimHost {
             name: format!("sim-host-{i}"),
             cluster: args.sim_cluster.clone(),
         })
         .collect();
-    let plane = start(ControlPlaneOptions {
-        data_dir: args.data_dir.clone(),
-        listen: args.listen.clone(),
-        hosts,
-        host_capacity: HostCapacity {
-            cpu: args.sim_host_cpu,
-            memory: strata_apis::quantity::format_bytes(memory),
+    let libvirt_host = (driver == DriverKind::Libvirt).then(|| LibvirtHost {
+        name: args.host_name.clone().unwrap_or_else(machine_hostname),
+        cluster: args.sim_cluster.clone(),
+        state_dir: args.data_dir.join("agent"),
+    });
+    let plane = start_with_libvirt(
+        ControlPlaneOptions {
+            data_dir: args.data_dir.clone(),
+            listen: args.listen.clone(),
+            hosts,
+            host_capacity: HostCapacity {
+                cpu: args.sim_host_cpu,
+                memory: strata_apis::quantity::format_bytes(memory),
+            },
+            heartbeat: args.heartbeat_seconds,
+            host_lease_timeout: args.host_lease_timeout_seconds,
+            store: args.store(),
         },
-        heartbeat: args.heartbeat_seconds,
-        host_lease_timeout: args.host_lease_timeout_seconds,
-        store: args.store(),
-    })
+        libvirt_host.clone(),
+    )
     .await?;
 
     let dial = kubeconfig::dial_addr(plane.addr);
     let token = kubeconfig::load_or_create_token(&args.data_dir)?;
-    println!(
-        "Strata is up: {} simulated host(s), API at https://{dial}",
-        args.sim_hosts
-    );
+    match &libvirt_host {
+        Some(host) => println!(
+            "Strata is up: host {} on libvirt (state in {}), API at https://{dial}",
+            host.name,
+            host.state_dir.display()
+        ),
+        None => println!("Strata is up: {sim_hosts} simulated host(s), API at https://{dial}"),
+    }
     println!(
         "export KUBECONFIG={}",
         absolute(&plane.kubeconfig).display()
@@ -104,6 +152,23 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     plane.stop().await
+}
+
+/// This machine as a real host of an in-process control plane (the libvirt driver).
+#[derive(Clone, Debug)]
+pub struct LibvirtHost {
+    pub name: String,
+    pub cluster: String,
+    /// The agent's records, console logs and primary storage.
+    pub state_dir: PathBuf,
+}
+
+fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host-1".into())
 }
 
 /// One simulated host of an in-process control plane.
@@ -141,6 +206,25 @@ pub struct ControlPlane {
 /// Starts the API server on the embedded store, every controller and one agent per simulated
 /// host, and returns once the server listens; agents register in the background.
 pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
+    start_with_libvirt(opts, None).await
+}
+
+/// [`start`], plus an agent for this machine on libvirt when `libvirt` is given.
+pub async fn start_with_libvirt(
+    opts: ControlPlaneOptions,
+    libvirt: Option<LibvirtHost>,
+) -> Result<ControlPlane, Error> {
+    // Started (and libvirtd with it) before the API server, so a broken libvirt fails `up`.
+    let libvirt = match libvirt {
+        Some(host) => {
+            let config = LibvirtConfig::new(host.name.clone(), host.state_dir.clone());
+            let driver = LibvirtDriver::new(config)
+                .await
+                .map_err(|e| Error::Agent(strata_node_agent::Error::Libvirt(e)))?;
+            Some((host, driver))
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&opts.data_dir).map_err(|source| Error::Io {
         action: "create",
         path: opts.data_dir.clone(),
@@ -215,6 +299,22 @@ pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, Error> {
         workers.spawn(async move {
             if let Err(err) = agent.run().await {
                 tracing::error!(%host, error = %crate::error_chain(&err), "agent stopped");
+            }
+        });
+    }
+
+    if let Some((host, driver)) = libvirt {
+        let config = AgentConfig {
+            host_name: host.name.clone(),
+            cluster: host.cluster,
+            capacity: strata_node_agent::host_capacity(),
+            heartbeat_interval: opts.heartbeat,
+        };
+        let agent = Agent::new(client.clone(), config, Arc::new(driver))
+            .with_metrics(agent_metrics.clone());
+        workers.spawn(async move {
+            if let Err(err) = agent.run().await {
+                tracing::error!(host = %host.name, error = %crate::error_chain(&err), "agent stopped");
             }
         });
     }

@@ -12,8 +12,9 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
+    api::ListParams,
     api::{Patch, PatchParams, PostParams},
-    runtime::{watcher, Controller},
+    runtime::{reflector::ObjectRef, watcher, Controller},
     Api, Client,
 };
 use serde_json::json;
@@ -103,6 +104,7 @@ impl Agent {
             delay = (delay * 2).min(REGISTER_RETRY_MAX);
         }
         info!(host = %self.config.host_name, driver = self.driver.name(), "host registered");
+        self.remove_orphans().await;
         tokio::select! {
             () = self.heartbeat() => {}
             () = self.instances() => {}
@@ -214,6 +216,37 @@ impl Agent {
         }
     }
 
+    /// Destroys what the driver created for instances that no longer exist on this host (the
+    /// agent was down while they were deleted or moved), before the instance controller runs:
+    /// nothing leaks and nothing runs twice. A failure is logged and left for the next start.
+    async fn remove_orphans(&self) {
+        let selector = format!("spec.host={}", self.config.host_name);
+        let api: Api<VirtualMachineInstance> = Api::all(self.client.clone());
+        let wanted: std::collections::BTreeSet<String> = match api
+            .list(&ListParams::default().fields(&selector))
+            .await
+        {
+            Ok(list) => list.items.iter().map(instance::domain_name).collect(),
+            Err(error) => {
+                warn!(error = %error, "cannot list instances; orphans stay until the next start");
+                return;
+            }
+        };
+        let owned = match self.driver.owned_domains().await {
+            Ok(owned) => owned,
+            Err(error) => {
+                warn!(error = %error, "cannot list the driver's domains");
+                return;
+            }
+        };
+        for name in owned.iter().filter(|name| !wanted.contains(*name)) {
+            match self.driver.destroy(name).await {
+                Ok(()) => info!(domain = %name, "removed an orphaned domain"),
+                Err(error) => warn!(domain = %name, error = %error, "failed to remove an orphan"),
+            }
+        }
+    }
+
     async fn instances(&self) {
         let selector = format!("spec.host={}", self.config.host_name);
         let api: Api<VirtualMachineInstance> = Api::all(self.client.clone());
@@ -222,7 +255,16 @@ impl Agent {
             host: self.config.host_name.clone(),
             driver: self.driver.clone(),
         });
-        let controller = Controller::new(api, watcher::Config::default().fields(&selector));
+        // The hypervisor's own events are a second trigger, so a domain stopped behind the
+        // agent's back shows in its status within a second or two, not at the next resync.
+        let changed = self.driver.events().filter_map(|domain| {
+            futures::future::ready(
+                instance::instance_of(&domain)
+                    .map(|(ns, name)| ObjectRef::<VirtualMachineInstance>::new(name).within(ns)),
+            )
+        });
+        let controller = Controller::new(api, watcher::Config::default().fields(&selector))
+            .reconcile_on(changed);
         self.metrics
             .watch_instances(&self.config.host_name, controller.store());
         controller

@@ -1,8 +1,11 @@
-//! The hypervisor boundary. The agent asks a driver to make a domain run or to destroy it;
-//! both calls are idempotent so that a reconcile can be repeated any number of times.
+//! The hypervisor boundary. The agent tells a driver what a domain should be (including its
+//! power state) and the driver makes it so; every call is idempotent so a reconcile can be
+//! repeated any number of times, after a crash included. Drivers also say what they observe:
+//! a domain's state on request, and a stream of names whose state changed, so a VM stopped
+//! behind Strata's back shows in its status at once rather than at the next resync.
 
-use futures::future::BoxFuture;
-use strata_apis::VmiNic;
+use futures::{future::BoxFuture, stream::BoxStream};
+use strata_apis::{DirectBoot, PowerState, VmiNic};
 
 /// A domain as the hypervisor sees it: an instance with every value resolved and parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,15 +15,67 @@ pub struct Domain {
     pub cpu: i64,
     pub memory_bytes: u64,
     pub image_url: String,
-    pub nics: Vec<VmiNic>,
+    /// `sha256:<hex>` the image must match.
+    pub image_checksum: Option<String>,
+    /// Boot this kernel directly instead of the image's boot loader.
+    pub direct_boot: Option<DirectBoot>,
+    /// Size of the root volume; the image's size when unset.
+    pub root_disk_bytes: Option<u64>,
+    /// The power state to drive the domain to.
+    pub power: PowerState,
+    pub nics: Vec<DomainNic>,
+}
+
+/// A NIC and where it plugs in on this host. The network driver owns the names: the NIC is
+/// connected once `bridge` is set (a domain without bridges boots without network).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct DomainNic {
+    pub spec: VmiNic,
+    /// The Linux bridge of the NIC's L2 network.
+    pub bridge: Option<String>,
+    /// A fixed tap name (≤ 15 bytes) that security-group rules can name in advance.
+    pub tap: Option<String>,
+}
+
+/// What the hypervisor reports about a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Observed {
+    Running,
+    Paused,
+    /// Defined, not running.
+    Stopped,
+    /// It stopped because the guest crashed.
+    Crashed,
 }
 
 /// Why a driver could not act.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// The host cannot give the domain what it asks for.
     #[error("domain {domain} does not fit: {detail}")]
     DoesNotFit { domain: String, detail: String },
+    /// The image, kernel or initrd could not be fetched or verified.
+    #[error("failed to prepare the image of domain {domain}")]
+    Image {
+        domain: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The hypervisor refused or failed an operation.
+    #[error("failed to {operation} domain {domain}")]
+    Hypervisor {
+        domain: String,
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The agent's local record of what it created could not be read or written.
+    #[error("failed to update the local record of domain {domain}")]
+    Record {
+        domain: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DriverError {
@@ -28,6 +83,9 @@ impl DriverError {
     pub fn reason(&self) -> &'static str {
         match self {
             DriverError::DoesNotFit { .. } => "InsufficientResources",
+            DriverError::Image { .. } => "ImageUnavailable",
+            DriverError::Hypervisor { .. } => "HypervisorError",
+            DriverError::Record { .. } => "LocalStateError",
         }
     }
 }
@@ -37,9 +95,24 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Reported in the Host's `status.driver`.
     fn name(&self) -> &'static str;
 
-    /// Defines the domain if absent and starts it if it is not running.
-    fn ensure_running<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Creates whatever is missing (volumes, domain) and drives the domain to
+    /// `domain.power`; returns what it observes afterwards.
+    fn ensure<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<Observed, DriverError>>;
 
-    /// Stops and undefines the domain; succeeds when it does not exist.
+    /// What the domain is doing now; `None` when the hypervisor does not know it.
+    fn state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Observed>, DriverError>>;
+
+    /// Reboots a running domain (the guest restarts; the domain stays).
+    fn reboot<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Stops the domain and removes it with everything created for it (volumes, local
+    /// record); succeeds when it does not exist.
     fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Every domain this agent created and has not destroyed, from its local record, so that
+    /// after a restart it can remove those whose instance is gone.
+    fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>>;
+
+    /// Names of domains whose state changed, as the hypervisor reports it (may repeat).
+    fn events(&self) -> BoxStream<'static, String>;
 }

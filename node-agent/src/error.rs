@@ -38,6 +38,8 @@ pub enum Error {
     },
     #[error("failed to read the memory of the simulated capacity")]
     InvalidCapacity(#[source] QuantityError),
+    #[error("failed to start the libvirt driver")]
+    Libvirt(#[source] strata_virt::Error),
 }
 
 impl Error {
@@ -55,6 +57,7 @@ impl Error {
                 _ => "finalizer",
             },
             Error::InvalidCapacity(_) => "config",
+            Error::Libvirt(_) => "driver",
         }
     }
 }

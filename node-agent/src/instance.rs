@@ -1,5 +1,11 @@
-//! Reconciles the VirtualMachineInstances assigned to this host: make the hypervisor run them,
-//! report what it observes, and destroy them before letting their finalizer go.
+//! Reconciles the VirtualMachineInstances assigned to this host: drive the hypervisor to each
+//! instance's desired power state, report what it observes, and destroy them before letting
+//! their finalizer go.
+//!
+//! A domain that stops behind the agent's back (`virsh destroy`, a guest power-off, a crash)
+//! is reported `Stopped` and *not* started again by the agent: whether it should run again is
+//! the VM's run strategy, which the controllers own. The agent starts it again once the
+//! instance's spec changes (a new `metadata.generation`), e.g. when the controller asks for it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,13 +21,13 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     condition::{READY, VMI_FINALIZER},
-    quantity, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
+    quantity, PowerState, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
 };
 use tracing::warn;
 
 use crate::{
     conditions,
-    driver::{Domain, Hypervisor},
+    driver::{self, Domain, DomainNic, Hypervisor},
     Error,
 };
 
@@ -35,12 +41,25 @@ pub(crate) struct Context {
     pub driver: Arc<dyn Hypervisor>,
 }
 
+/// Condition reasons of a domain that stopped without the agent asking: the agent leaves it
+/// stopped until the instance's spec changes.
+const STOPPED_OUTSIDE: &str = "StoppedOutsideStrata";
+const CRASHED: &str = "Crashed";
+
 /// What the agent saw the hypervisor do with an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Observed {
     Starting,
     Running,
-    Failed { reason: String, message: String },
+    Paused,
+    /// Stopped as asked, or (`reason` [`STOPPED_OUTSIDE`] / [`CRASHED`]) by itself.
+    Stopped {
+        reason: &'static str,
+    },
+    Failed {
+        reason: String,
+        message: String,
+    },
 }
 
 pub(crate) async fn reconcile(
@@ -89,22 +108,91 @@ async fn apply(
             reason: "InvalidSpec".into(),
             message,
         },
-        Ok(domain) => {
-            let phase = vmi.status.as_ref().map(|s| s.phase).unwrap_or_default();
-            if phase == VmiPhase::Pending {
-                report(api, vmi, &Observed::Starting).await?;
+        Ok(domain) => match stopped_by_itself(vmi, ctx.driver.as_ref(), &domain).await {
+            Some(stopped) => stopped,
+            None => {
+                let phase = vmi.status.as_ref().map(|s| s.phase).unwrap_or_default();
+                if phase == VmiPhase::Pending {
+                    report(api, vmi, &Observed::Starting).await?;
+                }
+                match ctx.driver.ensure(&domain).await {
+                    Ok(observed) => from_driver(observed, domain.power),
+                    Err(e) => Observed::Failed {
+                        reason: e.reason().into(),
+                        message: error_chain(&e),
+                    },
+                }
             }
-            match ctx.driver.ensure_running(&domain).await {
-                Ok(()) => Observed::Running,
-                Err(e) => Observed::Failed {
-                    reason: e.reason().into(),
-                    message: e.to_string(),
-                },
-            }
-        }
+        },
     };
     report(api, vmi, &observed).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// `Some` when the domain should run but stopped without the agent asking, either just now
+/// (the driver reports it stopped while the status still says it runs) or earlier at this
+/// same generation. Then the agent reports it and leaves it alone.
+async fn stopped_by_itself(
+    vmi: &VirtualMachineInstance,
+    driver: &dyn Hypervisor,
+    domain: &Domain,
+) -> Option<Observed> {
+    if domain.power == PowerState::Stopped {
+        return None;
+    }
+    let status = vmi.status.as_ref()?;
+    let reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str());
+    if status.phase == VmiPhase::Stopped
+        && status.observed_generation == vmi.metadata.generation
+        && matches!(reason, Some(STOPPED_OUTSIDE | CRASHED))
+    {
+        return Some(Observed::Stopped {
+            reason: if reason == Some(CRASHED) {
+                CRASHED
+            } else {
+                STOPPED_OUTSIDE
+            },
+        });
+    }
+    if status.phase != VmiPhase::Running {
+        return None;
+    }
+    match driver.state(&domain.name).await {
+        Ok(Some(driver::Observed::Stopped)) => Some(Observed::Stopped {
+            reason: STOPPED_OUTSIDE,
+        }),
+        Ok(Some(driver::Observed::Crashed)) => Some(Observed::Stopped { reason: CRASHED }),
+        _ => None,
+    }
+}
+
+fn from_driver(observed: driver::Observed, wanted: PowerState) -> Observed {
+    match observed {
+        driver::Observed::Running => Observed::Running,
+        driver::Observed::Paused => Observed::Paused,
+        driver::Observed::Stopped if wanted == PowerState::Stopped => {
+            Observed::Stopped { reason: "Stopped" }
+        }
+        driver::Observed::Stopped => Observed::Stopped {
+            reason: STOPPED_OUTSIDE,
+        },
+        driver::Observed::Crashed => Observed::Stopped { reason: CRASHED },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
 }
 
 async fn cleanup(vmi: &VirtualMachineInstance, ctx: &Context) -> Result<Action, Error> {
@@ -166,6 +254,29 @@ pub(crate) fn status(
             "Running",
             "the hypervisor runs the domain".to_string(),
         ),
+        // VmiPhase has no Paused: the domain holds its resources like a running one, and the
+        // Ready condition says why it does not serve.
+        Observed::Paused => (
+            VmiPhase::Running,
+            false,
+            "Paused",
+            "the domain's vCPUs are paused".to_string(),
+        ),
+        Observed::Stopped { reason } => (
+            VmiPhase::Stopped,
+            false,
+            *reason,
+            match *reason {
+                STOPPED_OUTSIDE => "the domain stopped without Strata asking (guest power-off or \
+                                    a stop behind Strata's back); it stays stopped until the \
+                                    instance changes"
+                    .to_string(),
+                CRASHED => {
+                    "the guest crashed; it stays stopped until the instance changes".to_string()
+                }
+                _ => "the domain is stopped as asked".to_string(),
+            },
+        ),
         Observed::Failed { reason, message } => {
             (VmiPhase::Failed, false, reason.as_str(), message.clone())
         }
@@ -187,16 +298,43 @@ pub(crate) fn status(
 fn domain(vmi: &VirtualMachineInstance) -> Result<Domain, String> {
     let memory_bytes = quantity::parse_quantity(&vmi.spec.memory)
         .map_err(|e| format!("spec.memory {:?}: {e}", vmi.spec.memory.0))?;
+    let root_disk_bytes = vmi
+        .spec
+        .root_disk_size
+        .as_ref()
+        .map(|q| {
+            quantity::parse_quantity(q).map_err(|e| format!("spec.rootDiskSize {:?}: {e}", q.0))
+        })
+        .transpose()?;
     Ok(Domain {
         name: domain_name(vmi),
         cpu: vmi.spec.cpu,
         memory_bytes,
         image_url: vmi.spec.image_url.clone(),
-        nics: vmi.spec.nics.clone(),
+        image_checksum: vmi.spec.image_checksum.clone(),
+        direct_boot: vmi.spec.direct_boot.clone(),
+        root_disk_bytes,
+        power: vmi.spec.power_state,
+        // The network driver fills in bridge and tap once it builds this host's networks.
+        nics: vmi
+            .spec
+            .nics
+            .iter()
+            .map(|nic| DomainNic {
+                spec: nic.clone(),
+                ..DomainNic::default()
+            })
+            .collect(),
     })
 }
 
-fn domain_name(vmi: &VirtualMachineInstance) -> String {
+/// The instance a domain name (`<namespace>.<name>`) belongs to. Namespaces are DNS labels
+/// (no dots), so the first dot separates them.
+pub(crate) fn instance_of(domain: &str) -> Option<(&str, &str)> {
+    domain.split_once('.')
+}
+
+pub(crate) fn domain_name(vmi: &VirtualMachineInstance) -> String {
     format!("{}.{}", vmi.namespace().unwrap_or_default(), vmi.name_any())
 }
 
@@ -250,6 +388,98 @@ mod tests {
         assert_eq!(ready(&s).reason, "InsufficientResources");
         assert_eq!(ready(&s).message, "domain ns.a does not fit");
         assert_eq!(ready(&s).observed_generation, Some(2));
+    }
+
+    #[test]
+    fn stopped_and_paused_domains_say_why() {
+        let stopped = status(
+            None,
+            &Observed::Stopped {
+                reason: STOPPED_OUTSIDE,
+            },
+            Some(3),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(stopped.phase, VmiPhase::Stopped);
+        assert_eq!(ready(&stopped).reason, STOPPED_OUTSIDE);
+        let paused = status(None, &Observed::Paused, Some(3), Timestamp::UNIX_EPOCH);
+        assert_eq!(paused.phase, VmiPhase::Running);
+        assert_eq!(
+            (
+                ready(&paused).status.as_str(),
+                ready(&paused).reason.as_str()
+            ),
+            ("False", "Paused")
+        );
+        assert_eq!(
+            from_driver(driver::Observed::Stopped, PowerState::Stopped),
+            Observed::Stopped { reason: "Stopped" }
+        );
+        assert_eq!(
+            from_driver(driver::Observed::Stopped, PowerState::Running),
+            Observed::Stopped {
+                reason: STOPPED_OUTSIDE
+            }
+        );
+        assert_eq!(instance_of("ns.vm.with.dots"), Some(("ns", "vm.with.dots")));
+    }
+
+    #[tokio::test]
+    async fn a_domain_stopped_behind_the_agents_back_stays_stopped_until_the_spec_changes() {
+        let sim = crate::SimDriver::new(&strata_apis::HostCapacity {
+            cpu: 4,
+            memory: k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Gi".into()),
+        })
+        .expect("capacity");
+        let mut vmi = VirtualMachineInstance::new("a", Default::default());
+        vmi.metadata.namespace = Some("ns".into());
+        vmi.metadata.generation = Some(1);
+        vmi.spec.cpu = 1;
+        vmi.spec.memory.0 = "1Gi".into();
+        let d = domain(&vmi).expect("valid");
+        assert_eq!(
+            stopped_by_itself(&vmi, &sim, &d).await,
+            None,
+            "never ran yet"
+        );
+        Hypervisor::ensure(&sim, &d).await.expect("runs");
+        vmi.status = Some(status(
+            None,
+            &Observed::Running,
+            Some(1),
+            Timestamp::UNIX_EPOCH,
+        ));
+        assert_eq!(
+            stopped_by_itself(&vmi, &sim, &d).await,
+            None,
+            "runs as reported"
+        );
+
+        sim.stop_behind_the_agents_back("ns.a");
+        let seen = stopped_by_itself(&vmi, &sim, &d).await.expect("noticed");
+        assert_eq!(
+            seen,
+            Observed::Stopped {
+                reason: STOPPED_OUTSIDE
+            }
+        );
+        vmi.status = Some(status(
+            vmi.status.as_ref(),
+            &seen,
+            Some(1),
+            Timestamp::UNIX_EPOCH,
+        ));
+        assert_eq!(
+            stopped_by_itself(&vmi, &sim, &d).await,
+            Some(seen),
+            "the next reconcile leaves it stopped"
+        );
+        vmi.metadata.generation = Some(2);
+        assert_eq!(
+            stopped_by_itself(&vmi, &sim, &d).await,
+            None,
+            "a new spec runs it again"
+        );
     }
 
     #[test]

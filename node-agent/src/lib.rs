@@ -10,11 +10,13 @@ mod conditions;
 mod driver;
 mod error;
 mod instance;
+mod libvirt;
 pub mod metrics;
 mod sim;
 
 pub use agent::{Agent, AgentConfig, DEFAULT_HEARTBEAT_INTERVAL};
-pub use driver::{Domain, DriverError, Hypervisor};
+pub use driver::{Domain, DomainNic, DriverError, Hypervisor, Observed};
 pub use error::Error;
+pub use libvirt::{host_capacity, libvirt_answers, LibvirtConfig, LibvirtDriver};
 pub use metrics::Metrics;
 pub use sim::SimDriver;

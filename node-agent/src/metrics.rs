@@ -23,7 +23,7 @@ use prometheus_client::{
 };
 use strata_apis::{quantity, HostCapacity, VirtualMachineInstance, VmiPhase};
 
-use crate::driver::{Domain, DriverError, Hypervisor};
+use crate::driver::{Domain, DriverError, Hypervisor, Observed};
 
 /// Hypervisor operation buckets, seconds (a simulated call takes microseconds; a libvirt
 /// define+start under TCG seconds).
@@ -157,7 +157,7 @@ impl Metrics {
         host: &str,
         driver: Arc<dyn Hypervisor>,
     ) -> Arc<dyn Hypervisor> {
-        for operation in ["ensure_running", "destroy"] {
+        for operation in ["ensure", "state", "reboot", "destroy", "owned_domains"] {
             let _ = self.operations.get_or_create(&OperationLabels {
                 host: host.to_string(),
                 operation,
@@ -205,12 +205,36 @@ impl Hypervisor for TimedDriver {
         self.inner.name()
     }
 
-    fn ensure_running<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(self.metrics.time(
-            &self.host,
-            "ensure_running",
-            self.inner.ensure_running(domain),
-        ))
+    fn ensure<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<Observed, DriverError>> {
+        Box::pin(
+            self.metrics
+                .time(&self.host, "ensure", self.inner.ensure(domain)),
+        )
+    }
+
+    fn state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Observed>, DriverError>> {
+        Box::pin(
+            self.metrics
+                .time(&self.host, "state", self.inner.state(name)),
+        )
+    }
+
+    fn reboot<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(
+            self.metrics
+                .time(&self.host, "reboot", self.inner.reboot(name)),
+        )
+    }
+
+    fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
+        Box::pin(
+            self.metrics
+                .time(&self.host, "owned_domains", self.inner.owned_domains()),
+        )
+    }
+
+    fn events(&self) -> futures::stream::BoxStream<'static, String> {
+        self.inner.events()
     }
 
     fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {

@@ -6,21 +6,36 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use futures::future::{self, BoxFuture};
-use strata_apis::{quantity, HostCapacity};
+use futures::{
+    future::{self, BoxFuture},
+    stream::BoxStream,
+    StreamExt,
+};
+use strata_apis::{quantity, HostCapacity, PowerState};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
-    driver::{Domain, DriverError, Hypervisor},
+    driver::{Domain, DriverError, Hypervisor, Observed},
     Error,
 };
 
-/// Runs domains in memory and reports them running at once. A domain that would take the host
-/// past its CPU or memory capacity is refused, as a real hypervisor would.
+/// Runs domains in memory and puts them in the desired power state at once. A domain that
+/// would take the host past its CPU or memory capacity is refused, as a real hypervisor would
+/// (stopped domains hold no CPU or memory).
 #[derive(Debug)]
 pub struct SimDriver {
     cpu: i64,
     memory_bytes: u64,
-    domains: Mutex<BTreeMap<String, Domain>>,
+    domains: Mutex<BTreeMap<String, SimDomain>>,
+    events: broadcast::Sender<String>,
+}
+
+#[derive(Debug, Clone)]
+struct SimDomain {
+    spec: Domain,
+    state: Observed,
+    boots: u32,
 }
 
 impl SimDriver {
@@ -31,7 +46,22 @@ impl SimDriver {
             cpu: capacity.cpu,
             memory_bytes,
             domains: Mutex::default(),
+            events: broadcast::channel(1024).0,
         })
+    }
+
+    /// Stops a domain as if someone did it behind the agent's back (`virsh destroy`, a guest
+    /// power-off), and reports the change like a real hypervisor's event.
+    pub fn stop_behind_the_agents_back(&self, name: &str) {
+        if let Some(d) = self.lock().get_mut(name) {
+            d.state = Observed::Stopped;
+        }
+        let _ = self.events.send(name.to_string());
+    }
+
+    /// How many times the domain booted (starts and reboots).
+    pub fn boots(&self, name: &str) -> u32 {
+        self.lock().get(name).map_or(0, |d| d.boots)
     }
 
     /// Names of the domains the simulated hypervisor runs.
@@ -39,41 +69,66 @@ impl SimDriver {
         self.lock().keys().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Domain>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SimDomain>> {
         // The map stays consistent even if a holder panicked: every update is a single insert.
         self.domains.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn start(&self, domain: &Domain) -> Result<(), DriverError> {
+    fn ensure(&self, domain: &Domain) -> Result<Observed, DriverError> {
         let mut domains = self.lock();
-        if domains.contains_key(&domain.name) {
-            return Ok(());
-        }
-        let (cpu, memory) = domains.values().fold((0i64, 0u64), |(c, m), d| {
-            (c.saturating_add(d.cpu), m.saturating_add(d.memory_bytes))
-        });
-        let does_not_fit = |detail: String| DriverError::DoesNotFit {
-            domain: domain.name.clone(),
-            detail,
+        let wanted = match domain.power {
+            PowerState::Running => Observed::Running,
+            PowerState::Paused => Observed::Paused,
+            PowerState::Stopped => Observed::Stopped,
         };
-        if cpu.saturating_add(domain.cpu) > self.cpu {
-            return Err(does_not_fit(format!(
-                "{} cpu requested, {} of {} free",
-                domain.cpu,
-                self.cpu - cpu,
-                self.cpu
-            )));
+        let current = domains.get(&domain.name).map(|d| d.state);
+        if current == Some(wanted) {
+            return Ok(wanted);
         }
-        if memory.saturating_add(domain.memory_bytes) > self.memory_bytes {
-            return Err(does_not_fit(format!(
-                "{} bytes of memory requested, {} of {} free",
-                domain.memory_bytes,
-                self.memory_bytes.saturating_sub(memory),
-                self.memory_bytes
-            )));
+        let active = |s: Observed| matches!(s, Observed::Running | Observed::Paused);
+        if active(wanted) && !current.is_some_and(active) {
+            let (cpu, memory) =
+                domains
+                    .values()
+                    .filter(|d| active(d.state))
+                    .fold((0i64, 0u64), |(c, m), d| {
+                        (
+                            c.saturating_add(d.spec.cpu),
+                            m.saturating_add(d.spec.memory_bytes),
+                        )
+                    });
+            let does_not_fit = |detail: String| DriverError::DoesNotFit {
+                domain: domain.name.clone(),
+                detail,
+            };
+            if cpu.saturating_add(domain.cpu) > self.cpu {
+                return Err(does_not_fit(format!(
+                    "{} cpu requested, {} of {} free",
+                    domain.cpu,
+                    self.cpu - cpu,
+                    self.cpu
+                )));
+            }
+            if memory.saturating_add(domain.memory_bytes) > self.memory_bytes {
+                return Err(does_not_fit(format!(
+                    "{} bytes of memory requested, {} of {} free",
+                    domain.memory_bytes,
+                    self.memory_bytes.saturating_sub(memory),
+                    self.memory_bytes
+                )));
+            }
         }
-        domains.insert(domain.name.clone(), domain.clone());
-        Ok(())
+        let boots = domains.get(&domain.name).map_or(0, |d| d.boots)
+            + u32::from(active(wanted) && !current.is_some_and(active));
+        domains.insert(
+            domain.name.clone(),
+            SimDomain {
+                spec: domain.clone(),
+                state: wanted,
+                boots,
+            },
+        );
+        Ok(wanted)
     }
 }
 
@@ -82,13 +137,36 @@ impl Hypervisor for SimDriver {
         "sim"
     }
 
-    fn ensure_running<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(future::ready(self.start(domain)))
+    fn ensure<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<Observed, DriverError>> {
+        Box::pin(future::ready(self.ensure(domain)))
+    }
+
+    fn state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Observed>, DriverError>> {
+        Box::pin(future::ready(Ok(self.lock().get(name).map(|d| d.state))))
+    }
+
+    fn reboot<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        if let Some(d) = self.lock().get_mut(name) {
+            if d.state == Observed::Running {
+                d.boots += 1;
+            }
+        }
+        Box::pin(future::ready(Ok(())))
     }
 
     fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         self.lock().remove(name);
         Box::pin(future::ready(Ok(())))
+    }
+
+    fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
+        Box::pin(future::ready(Ok(self.domains())))
+    }
+
+    fn events(&self) -> BoxStream<'static, String> {
+        BroadcastStream::new(self.events.subscribe())
+            .filter_map(|e| future::ready(e.ok()))
+            .boxed()
     }
 }
 
@@ -112,6 +190,10 @@ mod tests {
             cpu,
             memory_bytes: gib << 30,
             image_url: "file:///img".into(),
+            image_checksum: None,
+            direct_boot: None,
+            root_disk_bytes: None,
+            power: PowerState::Running,
             nics: vec![],
         }
     }
@@ -120,8 +202,8 @@ mod tests {
     async fn start_and_destroy_are_idempotent() {
         let d = driver();
         let a = domain("ns.a", 1, 1);
-        d.ensure_running(&a).await.expect("starts");
-        d.ensure_running(&a).await.expect("starts again");
+        Hypervisor::ensure(&d, &a).await.expect("starts");
+        Hypervisor::ensure(&d, &a).await.expect("starts again");
         assert_eq!(d.domains(), vec!["ns.a"]);
         d.destroy("ns.a").await.expect("destroys");
         d.destroy("ns.a").await.expect("destroys again");
@@ -131,11 +213,59 @@ mod tests {
     #[tokio::test]
     async fn refuses_a_domain_past_capacity() {
         let d = driver();
-        d.ensure_running(&domain("ns.a", 2, 3)).await.expect("fits");
-        let err = d.ensure_running(&domain("ns.b", 1, 2)).await.unwrap_err();
+        Hypervisor::ensure(&d, &domain("ns.a", 2, 3))
+            .await
+            .expect("fits");
+        let err = Hypervisor::ensure(&d, &domain("ns.b", 1, 2))
+            .await
+            .unwrap_err();
         assert_eq!(err.reason(), "InsufficientResources");
-        let err = d.ensure_running(&domain("ns.c", 3, 1)).await.unwrap_err();
+        let err = Hypervisor::ensure(&d, &domain("ns.c", 3, 1))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("cpu"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn follows_the_power_state_and_reports_changes() {
+        let d = driver();
+        let mut events = Hypervisor::events(&d);
+        let mut a = domain("ns.a", 4, 4);
+        assert_eq!(
+            Hypervisor::ensure(&d, &a).await.expect("runs"),
+            Observed::Running
+        );
+        a.power = PowerState::Paused;
+        assert_eq!(
+            Hypervisor::ensure(&d, &a).await.expect("pauses"),
+            Observed::Paused
+        );
+        a.power = PowerState::Stopped;
+        assert_eq!(
+            Hypervisor::ensure(&d, &a).await.expect("stops"),
+            Observed::Stopped
+        );
+        // A stopped domain holds nothing: another one takes the whole host.
+        let b = domain("ns.b", 4, 4);
+        Hypervisor::ensure(&d, &b).await.expect("fits");
+        a.power = PowerState::Running;
+        assert!(
+            Hypervisor::ensure(&d, &a).await.is_err(),
+            "no room to start again"
+        );
+        d.destroy("ns.b").await.expect("destroys");
+        Hypervisor::ensure(&d, &a).await.expect("starts again");
+        assert_eq!(d.boots("ns.a"), 2);
+        d.reboot("ns.a").await.expect("reboots");
+        assert_eq!(d.boots("ns.a"), 3);
+
+        d.stop_behind_the_agents_back("ns.a");
+        assert_eq!(events.next().await.as_deref(), Some("ns.a"));
+        assert_eq!(
+            d.state("ns.a").await.expect("state"),
+            Some(Observed::Stopped)
+        );
+        assert_eq!(d.owned_domains().await.expect("lists"), ["ns.a"]);
     }
 
     #[test]

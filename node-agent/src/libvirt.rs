@@ -1,0 +1,421 @@
+//! The real hypervisor: a [`Hypervisor`] on the host's libvirtd (strata-virt), with volumes on
+//! the host's local primary storage.
+//!
+//! The agent may be killed at any moment, so before it creates anything for a domain it writes
+//! a record of it (`<state>/domains/<name>.json`: the domain, its volumes, its console log),
+//! and removes the record last. After a restart [`Hypervisor::owned_domains`] lists exactly
+//! what this agent may have left behind, and the agent destroys what no instance wants any
+//! more. Domains it did not record (another agent's, an operator's) are never touched.
+//!
+//! ```text
+//! <state>/domains/<name>.json   the record
+//! <state>/console/<name>.log    the serial console (ttyS0), appended across restarts
+//! <state>/storage/              local primary storage: image cache and volumes
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use futures::{future::BoxFuture, stream::BoxStream, StreamExt};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::{Deserialize, Serialize};
+use strata_apis::{HostCapacity, PowerState};
+use strata_virt::{
+    spec::{Boot, Disk, DiskFormat, Nic},
+    DomainSpec, HostFeatures, Libvirt, Owner, Storage,
+};
+
+use crate::driver::{Domain, DriverError, Hypervisor, Observed};
+
+/// How the libvirt driver runs on this host.
+#[derive(Clone, Debug)]
+pub struct LibvirtConfig {
+    /// Usually [`strata_virt::SYSTEM_URI`].
+    pub uri: String,
+    /// The agent's state directory (records, console logs, primary storage).
+    pub state_dir: PathBuf,
+    /// The Host this agent runs, written into each domain's metadata.
+    pub host: String,
+    /// How long a guest gets to power off after the ACPI button before it is destroyed.
+    pub stop_timeout: Duration,
+}
+
+impl LibvirtConfig {
+    pub fn new(host: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            uri: strata_virt::SYSTEM_URI.into(),
+            state_dir: state_dir.into(),
+            host: host.into(),
+            stop_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the agent created for one domain.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct Record {
+    domain: String,
+    volumes: Vec<String>,
+    console_log: PathBuf,
+}
+
+/// Runs domains on libvirt/QEMU.
+#[derive(Debug)]
+pub struct LibvirtDriver {
+    lv: Libvirt,
+    storage: Storage,
+    config: LibvirtConfig,
+}
+
+impl LibvirtDriver {
+    /// Starts libvirtd if needed (hosts without systemd), connects, and opens the storage.
+    pub async fn new(config: LibvirtConfig) -> Result<Self, strata_virt::Error> {
+        let uri = config.uri.clone();
+        tokio::task::spawn_blocking(move || strata_virt::daemon::ensure_running(&uri)).await??;
+        let features = HostFeatures::detect();
+        tracing::info!(uri = %config.uri, accel = ?features.accel, vhost_net = features.vhost_net, "libvirt driver");
+        let lv = Libvirt::connect(&config.uri, features).await?;
+        for dir in ["domains", "console"] {
+            let path = config.state_dir.join(dir);
+            std::fs::create_dir_all(&path).map_err(|source| strata_virt::Error::Io {
+                action: "create",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        traversable(&config.state_dir)?;
+        let storage = Storage::open(config.state_dir.join("storage"))?;
+        Ok(Self {
+            lv,
+            storage,
+            config,
+        })
+    }
+
+    /// The serial console log of a domain.
+    pub fn console_log(&self, name: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("console")
+            .join(format!("{name}.log"))
+    }
+
+    /// The libvirt connection, for tests and tools.
+    pub fn libvirt(&self) -> &Libvirt {
+        &self.lv
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("domains")
+            .join(format!("{name}.json"))
+    }
+
+    fn root_volume(name: &str) -> String {
+        format!("{name}-root")
+    }
+
+    async fn write_record(&self, record: &Record) -> Result<(), DriverError> {
+        let path = self.record_path(&record.domain);
+        let failed = |source| DriverError::Record {
+            domain: record.domain.clone(),
+            source,
+        };
+        let body = serde_json::to_vec_pretty(record).map_err(|e| failed(e.into()))?;
+        let tmp = path.with_extension("json.tmp");
+        tokio::fs::write(&tmp, body).await.map_err(failed)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(failed)
+    }
+
+    async fn read_record(&self, name: &str) -> Option<Record> {
+        let body = tokio::fs::read(self.record_path(name)).await.ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// Fetches what the domain boots from and builds its libvirt definition.
+    async fn spec(&self, domain: &Domain) -> Result<DomainSpec, DriverError> {
+        let image_error = |e: strata_virt::Error| DriverError::Image {
+            domain: domain.name.clone(),
+            source: Box::new(e),
+        };
+        let image = self
+            .storage
+            .cache_image(&domain.image_url, domain.image_checksum.as_deref())
+            .await
+            .map_err(image_error)?;
+        let root = self
+            .storage
+            .create_root_volume(
+                &Self::root_volume(&domain.name),
+                &image,
+                domain.root_disk_bytes,
+            )
+            .await
+            .map_err(|e| self.failed(&domain.name, "create the root volume of", e))?;
+        let boot = match &domain.direct_boot {
+            None => Boot::Disk,
+            Some(direct) => {
+                let kernel = self
+                    .storage
+                    .cache_image(&direct.kernel_url, None)
+                    .await
+                    .map_err(image_error)?;
+                let initrd = match &direct.initrd_url {
+                    Some(url) => Some(
+                        self.storage
+                            .cache_image(url, None)
+                            .await
+                            .map_err(image_error)?
+                            .path,
+                    ),
+                    None => None,
+                };
+                let cmdline = direct.cmdline.as_deref().unwrap_or("console=ttyS0");
+                Boot::Kernel {
+                    kernel: kernel.path,
+                    initrd,
+                    // The test image prints its name from here; other kernels ignore it.
+                    cmdline: format!("{cmdline} strata.name={}", domain.name),
+                }
+            }
+        };
+        let (namespace, name) =
+            crate::instance::instance_of(&domain.name).unwrap_or(("", &domain.name));
+        Ok(DomainSpec {
+            name: domain.name.clone(),
+            owner: Some(Owner {
+                host: self.config.host.clone(),
+                instance: format!("{namespace}/{name}"),
+            }),
+            vcpus: u32::try_from(domain.cpu.max(1)).unwrap_or(1),
+            memory_bytes: domain.memory_bytes,
+            boot,
+            disks: vec![Disk {
+                path: root,
+                format: DiskFormat::Qcow2,
+                target: "vda".into(),
+                serial: Some("root".into()),
+            }],
+            nics: domain
+                .nics
+                .iter()
+                .filter_map(|nic| {
+                    Some(Nic {
+                        mac: nic.spec.mac.clone(),
+                        bridge: nic.bridge.clone()?,
+                        tap: nic.tap.clone(),
+                    })
+                })
+                .collect(),
+            serial_log: Some(self.console_log(&domain.name)),
+            vnc: true,
+        })
+    }
+
+    async fn ensure_domain(&self, domain: &Domain) -> Result<Observed, DriverError> {
+        let name = &domain.name;
+        // The record first: whatever happens next, a restarted agent knows to look for it.
+        if self.read_record(name).await.is_none() {
+            self.write_record(&Record {
+                domain: name.clone(),
+                volumes: vec![Self::root_volume(name)],
+                console_log: self.console_log(name),
+            })
+            .await?;
+        }
+        let spec = self.spec(domain).await?;
+        self.lv
+            .define(&spec)
+            .await
+            .map_err(|e| self.failed(name, "define", e))?;
+        match domain.power {
+            PowerState::Running => {
+                self.lv
+                    .resume(name)
+                    .await
+                    .map_err(|e| self.failed(name, "resume", e))?;
+                self.lv
+                    .start(name)
+                    .await
+                    .map_err(|e| self.failed(name, "start", e))?;
+            }
+            PowerState::Paused => {
+                self.lv
+                    .start(name)
+                    .await
+                    .map_err(|e| self.failed(name, "start", e))?;
+                self.lv
+                    .pause(name)
+                    .await
+                    .map_err(|e| self.failed(name, "pause", e))?;
+            }
+            PowerState::Stopped => {
+                let graceful = self
+                    .lv
+                    .shutdown(name, self.config.stop_timeout)
+                    .await
+                    .map_err(|e| self.failed(name, "stop", e))?;
+                if !graceful {
+                    tracing::warn!(domain = %name, timeout = ?self.config.stop_timeout, "guest ignored the power button; destroyed");
+                }
+            }
+        }
+        Ok(self.observe(name).await?.unwrap_or(Observed::Stopped))
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<Observed>, DriverError> {
+        use strata_virt::PowerState as P;
+        let state = self
+            .lv
+            .state(name)
+            .await
+            .map_err(|e| self.failed(name, "query", e))?;
+        Ok(state.map(|s| match s {
+            P::Running | P::ShuttingDown | P::Other => Observed::Running,
+            P::Paused => Observed::Paused,
+            P::Shutoff => Observed::Stopped,
+            P::Crashed => Observed::Crashed,
+        }))
+    }
+
+    async fn destroy_domain(&self, name: &str) -> Result<(), DriverError> {
+        self.lv
+            .undefine(name)
+            .await
+            .map_err(|e| self.failed(name, "undefine", e))?;
+        let record = self.read_record(name).await.unwrap_or_else(|| Record {
+            domain: name.to_string(),
+            volumes: vec![Self::root_volume(name)],
+            console_log: self.console_log(name),
+        });
+        for volume in &record.volumes {
+            self.storage
+                .delete_volume(volume)
+                .await
+                .map_err(|e| self.failed(name, "delete a volume of", e))?;
+        }
+        remove_if_exists(&record.console_log)
+            .await
+            .map_err(|source| DriverError::Record {
+                domain: name.to_string(),
+                source,
+            })?;
+        // The record goes last: until here a restarted agent would finish the job.
+        remove_if_exists(&self.record_path(name))
+            .await
+            .map_err(|source| DriverError::Record {
+                domain: name.to_string(),
+                source,
+            })
+    }
+
+    async fn owned(&self) -> Result<Vec<String>, DriverError> {
+        let dir = self.config.state_dir.join("domains");
+        let failed = |source| DriverError::Record {
+            domain: "(all)".into(),
+            source,
+        };
+        let mut entries = tokio::fs::read_dir(&dir).await.map_err(failed)?;
+        let mut names = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(failed)? {
+            if let Some(name) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn failed(&self, domain: &str, operation: &'static str, e: strata_virt::Error) -> DriverError {
+        DriverError::Hypervisor {
+            domain: domain.to_string(),
+            operation,
+            source: Box::new(e),
+        }
+    }
+}
+
+impl Hypervisor for LibvirtDriver {
+    fn name(&self) -> &'static str {
+        "libvirt"
+    }
+
+    fn ensure<'a>(&'a self, domain: &'a Domain) -> BoxFuture<'a, Result<Observed, DriverError>> {
+        Box::pin(self.ensure_domain(domain))
+    }
+
+    fn state<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Observed>, DriverError>> {
+        Box::pin(self.observe(name))
+    }
+
+    fn reboot<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.lv
+                .reboot(name)
+                .await
+                .map_err(|e| self.failed(name, "reboot", e))
+        })
+    }
+
+    fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.destroy_domain(name))
+    }
+
+    fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
+        Box::pin(self.owned())
+    }
+
+    fn events(&self) -> BoxStream<'static, String> {
+        strata_virt::events::lifecycle_events(self.lv.uri())
+            .map(|event| event.domain)
+            .boxed()
+    }
+}
+
+/// What this machine offers guests: its logical CPUs and memory.
+pub fn host_capacity() -> HostCapacity {
+    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    HostCapacity {
+        cpu: i64::try_from(cpu).unwrap_or(1),
+        memory: Quantity(format!("{memory_kib}Ki")),
+    }
+}
+
+/// qemu runs as `libvirt-qemu` and must reach the volumes and kernels under the state dir.
+fn traversable(dir: &Path) -> Result<(), strata_virt::Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+        strata_virt::Error::Io {
+            action: "set permissions of",
+            path: dir.to_path_buf(),
+            source,
+        }
+    })
+}
+
+async fn remove_if_exists(path: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// True when the host's system libvirtd answers (`strata up --driver auto` asks).
+pub fn libvirt_answers() -> bool {
+    strata_virt::daemon::answers(strata_virt::SYSTEM_URI)
+}
