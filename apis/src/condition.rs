@@ -9,6 +9,12 @@ pub const VOLUMES_READY: &str = "VolumesReady";
 /// Set on a VirtualMachine once every NIC has its address, MAC and security group rules.
 pub const NETWORK_READY: &str = "NetworkReady";
 
+/// Reason of an instance's Ready condition when its domain stopped without Strata asking
+/// (`virsh destroy`, a guest power-off); the VM's run strategy decides whether it runs again.
+pub const STOPPED_OUTSIDE: &str = "StoppedOutsideStrata";
+/// Reason of an instance's Ready condition when its guest crashed.
+pub const CRASHED: &str = "Crashed";
+
 /// Finalizer the VM controller holds until the VM's instance is gone and its IPs are released.
 pub const VM_FINALIZER: &str = "strata.io/vm-cleanup";
 /// Finalizer the node agent holds until the hypervisor has destroyed the instance.

@@ -17,8 +17,8 @@ use strata_apis::{
     condition::{LABEL_L3_NETWORK, READY},
     Cluster, ClusterSpec, Host, HostCapacity, HostState, Image, ImageSpec, InstanceOffering,
     InstanceOfferingSpec, IpAddress, IpRange, L2Network, L2NetworkSpec, L3Network, L3NetworkSpec,
-    RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineSpec, VmNic, VmPhase, Zone,
-    ZoneSpec,
+    PowerState, RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineSpec, VmNic,
+    VmPhase, VmiPhase, Zone, ZoneSpec,
 };
 use strata_controllers::ControllerOptions;
 use strata_node_agent::{Agent, AgentConfig, SimDriver};
@@ -425,4 +425,57 @@ async fn a_silent_host_turns_disconnected_and_its_vms_unknown() {
     .await;
     let unknown = wait_phase(&client, "vm-x", VmPhase::Unknown).await;
     assert_eq!(ready_reason(&unknown).0, "HostDisconnected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_strategy_decides_whether_a_vm_stopped_behind_strata_runs_again() {
+    let plane = start(&["host-r"], Duration::from_millis(500)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), NS);
+    let mut manual = vm("vm-manual", "small", "net-1");
+    manual.spec.run_strategy = RunStrategy::Manual;
+    create(&vms, vm("vm-always", "small", "net-1")).await;
+    create(&vms, manual).await;
+    wait_phase(&client, "vm-always", VmPhase::Running).await;
+    wait_phase(&client, "vm-manual", VmPhase::Running).await;
+    let first_run = vmis.get("vm-always").await.expect("instance").uid();
+
+    let driver = &plane.drivers[0];
+    driver.stop_behind_the_agents_back(&format!("{NS}.vm-always"));
+    driver.stop_behind_the_agents_back(&format!("{NS}.vm-manual"));
+
+    // Always: a new instance (a new run) is started on the same host.
+    wait_for(
+        &client,
+        "vm-always to run again in a new instance",
+        || async {
+            let vmi = vmis.get_opt("vm-always").await.ok()??;
+            let running = vmi.status.as_ref()?.phase == VmiPhase::Running;
+            (running && vmi.uid() != first_run).then_some(())
+        },
+    )
+    .await;
+    wait_phase(&client, "vm-always", VmPhase::Running).await;
+    assert_eq!(
+        driver.boots(&format!("{NS}.vm-always")),
+        1,
+        "a fresh domain"
+    );
+
+    // Manual: it stays stopped, and says why.
+    let stopped = wait_phase(&client, "vm-manual", VmPhase::Stopped).await;
+    assert_eq!(ready_reason(&stopped).0, "InstanceStopped");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .expect("events");
+    let restarting: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Restarting"))
+        .map(|e| e.regarding.as_ref().and_then(|r| r.name.clone()))
+        .collect();
+    assert_eq!(restarting, [Some("vm-always".to_string())]);
 }

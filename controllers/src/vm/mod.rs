@@ -34,7 +34,10 @@ use self::{
     schedule::{Candidate, Choice, Placement, Request, Resources},
     status::Observation,
 };
-use crate::{events, Context, Error};
+use crate::{
+    events::{self, Transition},
+    Context, Error,
+};
 
 /// A VM blocked on something the user must fix is retried this often anyway, in case the
 /// watch that would wake it was missed.
@@ -290,7 +293,22 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     };
 
     let desired = instance::build(vm, &host, &resolved, &nics);
-    let observation = match instance::apply(&instances, vm, desired).await? {
+    let applied = instance::apply(&instances, vm, desired).await?;
+    if let Applied::Current(Some(reported)) = &applied {
+        if let Some(why) = status::restart_due(vm.spec.run_strategy, reported) {
+            // A new instance is a new run, as in KubeVirt: the stopped one goes first, and the
+            // next reconcile creates its successor on the same host.
+            delete_instance(&instances, vm).await?;
+            events::publish(
+                &ctx.recorder,
+                vm,
+                vec![Transition::normal("Restarting", why)],
+            )
+            .await;
+            return Ok(Action::requeue(REPLACING_RETRY));
+        }
+    }
+    let observation = match applied {
         Applied::Current(reported) => Observation::Placed {
             host_connected: host_connected(ctx, &host),
             host,

@@ -3,8 +3,9 @@
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use strata_apis::{
-    condition::{READY, SCHEDULED},
-    VirtualMachineInstanceStatus, VirtualMachineStatus, VmNicStatus, VmPhase, VmiPhase,
+    condition::{CRASHED, READY, SCHEDULED, STOPPED_OUTSIDE},
+    RunStrategy, VirtualMachineInstanceStatus, VirtualMachineStatus, VmNicStatus, VmPhase,
+    VmiPhase,
 };
 
 use super::Problem;
@@ -107,6 +108,27 @@ pub(crate) fn placed_phase(
             )
         }
     }
+}
+
+/// Why a VM whose instance stopped by itself must run again, by its run strategy (KubeVirt's
+/// semantics): `Always` after any stop Strata did not ask for, `RerunOnFailure` after a crash
+/// only, `Manual` never. `None` leaves the VM Stopped.
+pub(crate) fn restart_due(
+    strategy: RunStrategy,
+    instance: &VirtualMachineInstanceStatus,
+) -> Option<String> {
+    if instance.phase != VmiPhase::Stopped {
+        return None;
+    }
+    let reason = conditions::get(&instance.conditions, READY)?
+        .reason
+        .as_str();
+    let due = match strategy {
+        RunStrategy::Always => reason == STOPPED_OUTSIDE || reason == CRASHED,
+        RunStrategy::RerunOnFailure => reason == CRASHED,
+        RunStrategy::Manual | RunStrategy::Halted => false,
+    };
+    due.then(|| format!("the instance stopped ({reason}) and runStrategy is {strategy:?}"))
 }
 
 /// The status that reports `observation`, with `nics` as allocated so far.
@@ -272,6 +294,27 @@ mod tests {
 
     fn reasons(events: &[Transition]) -> Vec<&str> {
         events.iter().map(|e| e.reason.as_str()).collect()
+    }
+
+    #[test]
+    fn run_strategies_decide_which_stops_restart() {
+        let stopped = |reason: &str| {
+            let mut status = vmi(VmiPhase::Stopped);
+            let failed = Desired::new(READY, false, reason, String::new());
+            conditions::set(&mut status.conditions, failed, None, Timestamp::now());
+            status
+        };
+        let due = |strategy, reason: &str| restart_due(strategy, &stopped(reason)).is_some();
+        assert!(due(RunStrategy::Always, STOPPED_OUTSIDE));
+        assert!(due(RunStrategy::Always, CRASHED));
+        assert!(
+            !due(RunStrategy::Always, "Stopped"),
+            "a requested stop stays"
+        );
+        assert!(due(RunStrategy::RerunOnFailure, CRASHED));
+        assert!(!due(RunStrategy::RerunOnFailure, STOPPED_OUTSIDE));
+        assert!(!due(RunStrategy::Manual, CRASHED));
+        assert!(restart_due(RunStrategy::Always, &vmi(VmiPhase::Running)).is_none());
     }
 
     #[test]
