@@ -12,6 +12,7 @@ mod error;
 mod instance;
 mod libvirt;
 pub mod metrics;
+pub mod network;
 mod sim;
 
 pub use agent::{Agent, AgentConfig, DEFAULT_HEARTBEAT_INTERVAL};

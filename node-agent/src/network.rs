@@ -1,0 +1,426 @@
+//! Host networking for the instances assigned to this host, with the `strata-network` driver.
+//!
+//! The agent only executes (ZStack's rule): everything comes resolved in the instances' NICs — the
+//! L2 network's type, interface, VLAN id, VNI and MTU; the L3's subnet, gateway and DNS; the NIC's
+//! MAC and IP; the VM's user data. [`desired`] turns the instances into the host's networks (pure,
+//! unit-tested); [`HostNetwork::sync`] makes the host match them and removes what no longer belongs
+//! (L3 namespaces and bridges of networks no instance here uses any more), which also cleans up
+//! after a crash. It is level-triggered: `run` re-syncs from the instance store periodically, so a
+//! restart or a missed event converges on the next pass.
+//!
+//! What is not in the instance spec yet, and comes from the agent's configuration: this host's
+//! VTEP address and the peer VTEPs of VXLAN networks (the control plane does not publish them yet),
+//! and security groups, EIPs and port forwarding (not resolved into the instance yet).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::reflector::Store;
+use kube::ResourceExt;
+use strata_apis::{L2NetworkType, VirtualMachineInstance, VmiNic};
+use strata_network::{
+    names, InstanceMetadata, L2Spec, L2Type, L3Spec, Lease, MetadataServer, NetworkDriver,
+};
+use tracing::{info, warn};
+
+/// The agent's network settings.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkConfig {
+    pub driver: strata_network::DriverConfig,
+    /// This host's VTEP address (required for VXLAN networks).
+    pub vtep: Option<Ipv4Addr>,
+    /// The other hosts' VTEPs.
+    pub vtep_peers: Vec<Ipv4Addr>,
+    /// The underlay device VXLAN traffic leaves through (optional).
+    pub vxlan_underlay: Option<String>,
+    /// Serve the metadata service (binding 169.254.169.254:80 in each L3 namespace).
+    pub metadata: bool,
+}
+
+/// What this host's networking must look like.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostNetworks {
+    /// By L2 name.
+    pub l2: BTreeMap<String, L2Spec>,
+    /// By L3 name, with the leases of this host's NICs.
+    pub l3: BTreeMap<String, L3Spec>,
+    /// By L3 name: what the metadata service answers to each NIC address.
+    pub metadata: BTreeMap<String, HashMap<Ipv4Addr, InstanceMetadata>>,
+    /// NICs that could not be planned, with why (reported, the rest goes ahead).
+    pub problems: Vec<String>,
+}
+
+/// The tap of an instance's NIC, as the hypervisor driver must name it (libvirt `<target dev>`),
+/// so security-group rules can name it before the domain exists.
+pub fn tap(vmi: &VirtualMachineInstance, index: usize) -> String {
+    let key = format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any());
+    names::tap(&key, u32::try_from(index).unwrap_or(u32::MAX))
+}
+
+/// The bridge an instance's NIC plugs into.
+pub fn bridge(nic: &VmiNic) -> String {
+    names::bridge(&nic.l2.name)
+}
+
+fn l2_spec(nic: &VmiNic, cfg: &NetworkConfig) -> Result<L2Spec, String> {
+    let l2 = &nic.l2;
+    if l2.name.is_empty() {
+        return Err("the NIC's L2 network is not resolved yet".into());
+    }
+    let interface = || {
+        l2.physical_interface
+            .clone()
+            .ok_or_else(|| format!("L2 network {} has no physical interface", l2.name))
+    };
+    let kind = match l2.network_type {
+        L2NetworkType::NoVlan => L2Type::NoVlan {
+            interface: interface()?,
+        },
+        L2NetworkType::Vlan => L2Type::Vlan {
+            interface: interface()?,
+            vlan_id: l2
+                .vlan_id
+                .and_then(|v| u16::try_from(v).ok())
+                .filter(|v| (1..=4094).contains(v))
+                .ok_or_else(|| format!("L2 network {} has no valid VLAN id", l2.name))?,
+        },
+        L2NetworkType::Vxlan => L2Type::Vxlan {
+            vni: l2
+                .vni
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| format!("L2 network {} has no VNI", l2.name))?,
+            local: cfg.vtep.ok_or_else(|| {
+                format!(
+                    "L2 network {} is VXLAN but this host has no VTEP address",
+                    l2.name
+                )
+            })?,
+            peers: cfg.vtep_peers.clone(),
+            underlay: cfg.vxlan_underlay.clone(),
+            port: None,
+        },
+    };
+    Ok(L2Spec {
+        name: l2.name.clone(),
+        kind,
+        mtu: l2.mtu.and_then(|m| u32::try_from(m).ok()),
+    })
+}
+
+fn l3_spec(nic: &VmiNic, l2: &L2Spec) -> Result<L3Spec, String> {
+    let ip: Ipv4Addr = nic
+        .ip
+        .parse()
+        .map_err(|_| format!("NIC address {:?} is not IPv4", nic.ip))?;
+    let gateway: Ipv4Addr = nic
+        .gateway
+        .parse()
+        .map_err(|_| format!("gateway {:?} is not IPv4", nic.gateway))?;
+    let cidr = ipnet_of(ip, nic.prefix_length)?;
+    Ok(L3Spec {
+        name: nic.l3_network.clone(),
+        bridge: l2.bridge(),
+        cidr,
+        gateway,
+        dns: nic.dns.iter().filter_map(|d| d.parse().ok()).collect(),
+        domain: nic.dns_domain.clone(),
+        mtu: l2.effective_mtu(),
+        local_only: true,
+        leases: vec![],
+    })
+}
+
+fn ipnet_of(ip: Ipv4Addr, prefix: u8) -> Result<ipnet::Ipv4Net, String> {
+    ipnet::Ipv4Net::new(ip, prefix)
+        .map(|n| n.trunc())
+        .map_err(|_| format!("prefix length {prefix} is invalid"))
+}
+
+/// The networks the given instances need on this host (pure).
+pub fn desired(vmis: &[Arc<VirtualMachineInstance>], cfg: &NetworkConfig) -> HostNetworks {
+    let mut out = HostNetworks::default();
+    let mut vmis: Vec<&Arc<VirtualMachineInstance>> = vmis.iter().collect();
+    // Deterministic: the first instance by name defines an L2/L3 shared by several.
+    vmis.sort_by_key(|v| (v.namespace(), v.name_any()));
+    for vmi in vmis {
+        if vmi.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        for nic in &vmi.spec.nics {
+            let who = format!(
+                "{}/{} NIC {}",
+                vmi.namespace().unwrap_or_default(),
+                vmi.name_any(),
+                nic.mac
+            );
+            let planned = l2_spec(nic, cfg).and_then(|l2| l3_spec(nic, &l2).map(|l3| (l2, l3)));
+            let (l2, l3) = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    out.problems.push(format!("{who}: {e}"));
+                    continue;
+                }
+            };
+            let ip: Ipv4Addr = nic.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+            out.l2.entry(l2.name.clone()).or_insert(l2);
+            let entry = out.l3.entry(l3.name.clone()).or_insert(l3);
+            entry.leases.push(Lease {
+                mac: nic.mac.to_ascii_lowercase(),
+                ip,
+                hostname: Some(vmi.name_any()),
+            });
+            out.metadata
+                .entry(nic.l3_network.clone())
+                .or_default()
+                .insert(
+                    ip,
+                    InstanceMetadata {
+                        user_data: vmi.spec.user_data.clone().unwrap_or_default(),
+                        hostname: Some(vmi.name_any()),
+                        instance_id: vmi.uid(),
+                    },
+                );
+        }
+    }
+    out
+}
+
+/// The network side of the agent.
+pub struct HostNetwork {
+    driver: NetworkDriver,
+    config: NetworkConfig,
+    metadata: Mutex<HashMap<String, MetadataServer>>,
+}
+
+impl HostNetwork {
+    pub fn new(config: NetworkConfig) -> Self {
+        HostNetwork {
+            driver: NetworkDriver::new(config.driver.clone()),
+            config,
+            metadata: Mutex::default(),
+        }
+    }
+
+    /// Makes the host's networks match the instances and removes the rest. Errors are logged per
+    /// network so that one broken network does not hold back the others.
+    pub async fn sync(&self, vmis: &[Arc<VirtualMachineInstance>]) -> HostNetworks {
+        let want = desired(vmis, &self.config);
+        for p in &want.problems {
+            warn!(problem = %p, "cannot plan a NIC's network");
+        }
+        let driver = self.driver.clone();
+        let plan = want.clone();
+        // The driver runs short commands synchronously.
+        let applied = tokio::task::spawn_blocking(move || apply(&driver, &plan)).await;
+        let ready_l3: Vec<String> = applied.unwrap_or_default();
+        if self.config.metadata {
+            self.sync_metadata(&want, &ready_l3);
+        }
+        want
+    }
+
+    fn sync_metadata(&self, want: &HostNetworks, ready_l3: &[String]) {
+        let mut servers = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
+        servers.retain(|l3, _| want.l3.contains_key(l3));
+        for l3 in ready_l3 {
+            if !servers.contains_key(l3) {
+                match MetadataServer::start(&self.driver.l3_netns(l3)) {
+                    Ok(s) => {
+                        servers.insert(l3.clone(), s);
+                    }
+                    Err(e) => warn!(l3 = %l3, error = %e, "cannot start the metadata service"),
+                }
+            }
+            if let (Some(s), Some(md)) = (servers.get(l3), want.metadata.get(l3)) {
+                s.set_all(md.clone());
+            }
+        }
+    }
+
+    /// Re-syncs from the instance store every `period` until the task is dropped.
+    pub async fn run(self: Arc<Self>, store: Store<VirtualMachineInstance>, period: Duration) {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            self.sync(&store.state()).await;
+            tokio::time::sleep(period).await;
+        }
+    }
+}
+
+/// Ensures every planned network, then removes Strata networks that are not planned. Returns the
+/// L3 networks that are up.
+fn apply(driver: &NetworkDriver, want: &HostNetworks) -> Vec<String> {
+    let mut l2_ok = Vec::new();
+    for (name, l2) in &want.l2 {
+        match driver.ensure_l2(l2) {
+            Ok(()) => l2_ok.push(l2.bridge()),
+            Err(e) => warn!(l2 = %name, error = %e, "failed to build the L2 network"),
+        }
+    }
+    let mut l3_ok = Vec::new();
+    for (name, l3) in &want.l3 {
+        if !l2_ok.contains(&l3.bridge) {
+            continue;
+        }
+        match driver.ensure_l3(l3) {
+            Ok(()) => l3_ok.push(name.clone()),
+            Err(e) => warn!(l3 = %name, error = %e, "failed to build the L3 network"),
+        }
+    }
+    // Orphans: what exists under Strata's names but is no longer wanted.
+    match driver.inventory() {
+        Ok(inv) => {
+            let want_ns: Vec<String> = want.l3.keys().map(|l3| driver.l3_netns(l3)).collect();
+            for ns in inv.l3_namespaces.iter().filter(|ns| !want_ns.contains(ns)) {
+                match driver.remove_l3_netns(ns) {
+                    Ok(()) => info!(netns = %ns, "removed an L3 namespace no instance here uses"),
+                    Err(e) => warn!(netns = %ns, error = %e, "failed to remove an L3 namespace"),
+                }
+            }
+            let want_br: Vec<String> = want.l2.values().map(L2Spec::bridge).collect();
+            for br in inv.bridges.iter().filter(|b| !want_br.contains(b)) {
+                // A bridge that still has VM ports is left for the hypervisor driver to empty.
+                match driver.host().links() {
+                    Ok(links)
+                        if links.iter().any(|l| {
+                            l.master.as_deref() == Some(br.as_str())
+                                && l.name.starts_with(names::TAP_PREFIX)
+                        }) => {}
+                    _ => match driver.remove_bridge(br) {
+                        Ok(()) => info!(bridge = %br, "removed a bridge no instance here uses"),
+                        Err(e) => warn!(bridge = %br, error = %e, "failed to remove a bridge"),
+                    },
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot list the host's networks"),
+    }
+    l3_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_apis::{VirtualMachineInstanceSpec, VmiL2Network};
+
+    fn vmi(name: &str, nics: Vec<VmiNic>, user_data: Option<&str>) -> Arc<VirtualMachineInstance> {
+        let mut v = VirtualMachineInstance::new(
+            name,
+            VirtualMachineInstanceSpec {
+                host: "h1".into(),
+                nics,
+                user_data: user_data.map(Into::into),
+                ..Default::default()
+            },
+        );
+        v.metadata.namespace = Some("default".into());
+        Arc::new(v)
+    }
+
+    fn nic(l3: &str, ip: &str, mac: &str, l2: VmiL2Network) -> VmiNic {
+        VmiNic {
+            l3_network: l3.into(),
+            ip: ip.into(),
+            prefix_length: 24,
+            gateway: "10.0.0.1".into(),
+            mac: mac.into(),
+            l2,
+            ..Default::default()
+        }
+    }
+
+    fn flat() -> VmiL2Network {
+        VmiL2Network {
+            name: "flat".into(),
+            network_type: L2NetworkType::NoVlan,
+            physical_interface: Some("eth1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn instances_sharing_an_l3_share_its_namespace_and_leases() {
+        let vmis = vec![
+            vmi(
+                "b",
+                vec![nic("l3", "10.0.0.12", "52:54:00:00:00:02", flat())],
+                None,
+            ),
+            vmi(
+                "a",
+                vec![nic("l3", "10.0.0.11", "52:54:00:00:00:01", flat())],
+                Some("#cloud-config"),
+            ),
+        ];
+        let d = desired(&vmis, &NetworkConfig::default());
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(d.l2.len(), 1);
+        assert_eq!(
+            d.l2["flat"].kind,
+            L2Type::NoVlan {
+                interface: "eth1".into()
+            }
+        );
+        let l3 = &d.l3["l3"];
+        assert_eq!(l3.cidr.to_string(), "10.0.0.0/24");
+        assert_eq!(l3.bridge, names::bridge("flat"));
+        assert_eq!(l3.leases.len(), 2);
+        assert_eq!(l3.leases[0].hostname.as_deref(), Some("a"));
+        assert_eq!(
+            d.metadata["l3"][&"10.0.0.11".parse().unwrap()].user_data,
+            "#cloud-config"
+        );
+    }
+
+    #[test]
+    fn vxlan_needs_a_vtep_and_vlan_a_valid_id() {
+        let vx = VmiL2Network {
+            name: "vx".into(),
+            network_type: L2NetworkType::Vxlan,
+            vni: Some(5000),
+            ..Default::default()
+        };
+        let vl = VmiL2Network {
+            name: "vl".into(),
+            network_type: L2NetworkType::Vlan,
+            physical_interface: Some("eth1".into()),
+            vlan_id: Some(5000),
+            ..Default::default()
+        };
+        let vmis = vec![vmi(
+            "a",
+            vec![
+                nic("l3a", "10.0.0.11", "52:54:00:00:00:01", vx),
+                nic("l3b", "10.0.0.12", "52:54:00:00:00:02", vl),
+            ],
+            None,
+        )];
+        let d = desired(&vmis, &NetworkConfig::default());
+        assert_eq!(d.problems.len(), 2, "{:?}", d.problems);
+        assert!(d.l2.is_empty() && d.l3.is_empty());
+
+        let cfg = NetworkConfig {
+            vtep: Some("192.168.100.1".parse().unwrap()),
+            vtep_peers: vec!["192.168.100.2".parse().unwrap()],
+            ..Default::default()
+        };
+        let d = desired(&vmis, &cfg);
+        assert_eq!(d.problems.len(), 1, "only the VLAN id is wrong");
+        assert_eq!(
+            d.l3["l3a"].mtu,
+            Some(1450),
+            "VXLAN networks hand out the overlay MTU"
+        );
+    }
+
+    #[test]
+    fn taps_are_per_instance_and_index() {
+        let a = vmi("a", vec![], None);
+        assert_ne!(tap(&a, 0), tap(&a, 1));
+        assert!(tap(&a, 0).len() <= 15);
+    }
+}
