@@ -546,7 +546,106 @@ fn spawn_cache_events(app: Arc<App>, counter: Family<CacheEventLabels, Counter>)
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use axum::body::Bytes;
+    use tower::ServiceExt;
+
     use super::*;
+    use crate::cache::Cache;
+    use crate::store::RedbStore;
+
+    fn request(path: &str, token: Option<&str>) -> Request {
+        let mut req = Request::builder().uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req.body(Body::empty()).expect("request")
+    }
+
+    async fn scrape(router: &Router) -> String {
+        let resp = router
+            .clone()
+            .oneshot(request("/metrics", Some("secret")))
+            .await
+            .expect("served");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        String::from_utf8(body.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn metrics_need_the_token_and_watches_are_counted_while_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("s.redb");
+        let metrics = ApiMetrics::new();
+        let store = metrics.time_store(Arc::new(RedbStore::open(&file).expect("open")), "redb");
+        let cache = Cache::load(store, 100).expect("load");
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let app = Arc::new(App::new(
+            cache,
+            Some("secret".into()),
+            stopped,
+            Duration::from_secs(60),
+        ));
+        app.ensure_namespace("default").expect("namespace");
+        // Stands in for the API: every resource path answers with a stream that stays open.
+        let api = Router::new().route(
+            "/apis/{*rest}",
+            get(|| async {
+                Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>())
+            }),
+        );
+        let router = instrument(api, app, metrics, Some(file), Vec::new());
+
+        let anonymous = router
+            .clone()
+            .oneshot(request("/metrics", None))
+            .await
+            .expect("served");
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+        let watch = router
+            .clone()
+            .oneshot(request(
+                "/apis/strata.io/v1alpha1/hosts?watch=true",
+                Some("secret"),
+            ))
+            .await
+            .expect("served");
+        let open = r#"strata_apiserver_open_watches{group="strata.io",resource="hosts"}"#;
+        let text = scrape(&router).await;
+        assert!(text.contains(&format!("{open} 1")), "{text}");
+        assert!(
+            text.contains(
+                r#"strata_apiserver_requests_total{verb="watch",group="strata.io",resource="hosts",subresource="",code="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"strata_apiserver_requests_total{verb="get",group="",resource="",subresource="",code="401"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"strata_apiserver_store_objects{group="",resource="namespaces"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"strata_apiserver_store_operation_duration_seconds_count{operation="create",backend="redb"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("strata_apiserver_store_size_bytes 0"),
+            "{text}"
+        );
+
+        drop(watch);
+        let text = scrape(&router).await;
+        assert!(text.contains(&format!("{open} 0")), "{text}");
+    }
 
     fn info(method: Method, path: &str, query: Option<&str>) -> (String, String, String, String) {
         let i = classify(&method, path, query, "application/json");
