@@ -27,6 +27,10 @@ use crate::{driver::Hypervisor, instance, metrics::Metrics, Error};
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// The lease outlives this many missed heartbeats, so one slow renewal does not disconnect a host.
 const HEARTBEATS_PER_LEASE: u32 = 4;
+/// How often the host's networks are re-synced with the instances (leases of deleted
+/// instances, orphans after a crash).
+const NETWORK_RESYNC: Duration = Duration::from_secs(5);
+
 /// The longest wait between two registration attempts.
 const REGISTER_RETRY_MAX: Duration = Duration::from_secs(10);
 
@@ -40,6 +44,9 @@ pub struct AgentConfig {
     /// What the hypervisor offers, reported in the Host's status.
     pub capacity: HostCapacity,
     pub heartbeat_interval: Duration,
+    /// The host's networking (bridges, L3 namespaces, DHCP, metadata); `None` leaves the host's
+    /// network alone (simulated hosts) and domains boot without NICs plugged.
+    pub network: Option<Arc<crate::network::HostNetwork>>,
 }
 
 impl AgentConfig {
@@ -54,6 +61,7 @@ impl AgentConfig {
             cluster: cluster.into(),
             capacity,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            network: None,
         }
     }
 
@@ -254,6 +262,7 @@ impl Agent {
             client: self.client.clone(),
             host: self.config.host_name.clone(),
             driver: self.driver.clone(),
+            network: self.config.network.clone(),
         });
         // The hypervisor's own events are a second trigger, so a domain stopped behind the
         // agent's back shows in its status within a second or two, not at the next resync.
@@ -267,6 +276,10 @@ impl Agent {
             .reconcile_on(changed);
         self.metrics
             .watch_instances(&self.config.host_name, controller.store());
+        if let Some(network) = &self.config.network {
+            network.attach(controller.store());
+            tokio::spawn(network.clone().run(NETWORK_RESYNC));
+        }
         controller
             .run(instance::reconcile, instance::error_policy, ctx)
             .for_each(|result| async move {

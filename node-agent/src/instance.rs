@@ -39,6 +39,7 @@ pub(crate) struct Context {
     pub client: Client,
     pub host: String,
     pub driver: Arc<dyn Hypervisor>,
+    pub network: Option<Arc<crate::network::HostNetwork>>,
 }
 
 /// Condition reasons of a domain that stopped without the agent asking: the agent leaves it
@@ -108,12 +109,15 @@ async fn apply(
             reason: "InvalidSpec".into(),
             message,
         },
-        Ok(domain) => match stopped_by_itself(vmi, ctx.driver.as_ref(), &domain).await {
+        Ok(mut domain) => match stopped_by_itself(vmi, ctx.driver.as_ref(), &domain).await {
             Some(stopped) => stopped,
             None => {
                 let phase = vmi.status.as_ref().map(|s| s.phase).unwrap_or_default();
                 if phase == VmiPhase::Pending {
                     report(api, vmi, &Observed::Starting).await?;
+                }
+                if let Some(network) = &ctx.network {
+                    network.plug(vmi, &mut domain.nics).await;
                 }
                 match ctx.driver.ensure(&domain).await {
                     Ok(observed) => from_driver(observed, domain.power),

@@ -192,6 +192,27 @@ pub struct HostNetwork {
     driver: NetworkDriver,
     config: NetworkConfig,
     metadata: Mutex<HashMap<String, MetadataServer>>,
+    /// The agent's instance store, once attached: the full view a sync needs (an L3's hosts
+    /// file holds every lease on this host, not just the instance being reconciled).
+    store: Mutex<Option<Store<VirtualMachineInstance>>>,
+    /// One sync at a time: an orphan sweep must not race an ensure.
+    syncing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for HostNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostNetwork")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a sync.
+#[derive(Clone, Debug, Default)]
+pub struct Synced {
+    pub want: HostNetworks,
+    /// L3 networks that are up on this host (their NICs can be plugged).
+    pub ready_l3: Vec<String>,
 }
 
 impl HostNetwork {
@@ -200,12 +221,29 @@ impl HostNetwork {
             driver: NetworkDriver::new(config.driver.clone()),
             config,
             metadata: Mutex::default(),
+            store: Mutex::default(),
+            syncing: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// The driver (names of namespaces, inventory).
+    pub fn driver(&self) -> &NetworkDriver {
+        &self.driver
+    }
+
+    /// Gives the network the agent's instance store (the instances assigned to this host).
+    pub fn attach(&self, store: Store<VirtualMachineInstance>) {
+        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    }
+
+    fn store(&self) -> Option<Store<VirtualMachineInstance>> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Makes the host's networks match the instances and removes the rest. Errors are logged per
     /// network so that one broken network does not hold back the others.
-    pub async fn sync(&self, vmis: &[Arc<VirtualMachineInstance>]) -> HostNetworks {
+    pub async fn sync(&self, vmis: &[Arc<VirtualMachineInstance>]) -> Synced {
+        let _one = self.syncing.lock().await;
         let want = desired(vmis, &self.config);
         for p in &want.problems {
             warn!(problem = %p, "cannot plan a NIC's network");
@@ -213,12 +251,35 @@ impl HostNetwork {
         let driver = self.driver.clone();
         let plan = want.clone();
         // The driver runs short commands synchronously.
-        let applied = tokio::task::spawn_blocking(move || apply(&driver, &plan)).await;
-        let ready_l3: Vec<String> = applied.unwrap_or_default();
+        let ready_l3 = tokio::task::spawn_blocking(move || apply(&driver, &plan))
+            .await
+            .unwrap_or_default();
         if self.config.metadata {
             self.sync_metadata(&want, &ready_l3);
         }
-        want
+        Synced { want, ready_l3 }
+    }
+
+    /// Before a domain starts: builds the networks of `vmi`'s NICs (with every lease of this host,
+    /// from the attached store) and names each NIC's bridge and tap. A NIC whose network could not
+    /// be built is left unplugged (the domain boots without it and the next resync plugs it).
+    pub async fn plug(&self, vmi: &VirtualMachineInstance, nics: &mut [crate::DomainNic]) {
+        let mut vmis = match self.store() {
+            Some(store) => {
+                let _ = store.wait_until_ready().await;
+                store.state()
+            }
+            None => vec![],
+        };
+        vmis.retain(|v| v.metadata.uid != vmi.metadata.uid || vmi.metadata.uid.is_none());
+        vmis.push(Arc::new(vmi.clone()));
+        let synced = self.sync(&vmis).await;
+        for (i, nic) in nics.iter_mut().enumerate() {
+            if synced.ready_l3.contains(&nic.spec.l3_network) {
+                nic.bridge = Some(bridge(&nic.spec));
+                nic.tap = Some(tap(vmi, i));
+            }
+        }
     }
 
     fn sync_metadata(&self, want: &HostNetworks, ready_l3: &[String]) {
@@ -239,8 +300,10 @@ impl HostNetwork {
         }
     }
 
-    /// Re-syncs from the instance store every `period` until the task is dropped.
-    pub async fn run(self: Arc<Self>, store: Store<VirtualMachineInstance>, period: Duration) {
+    /// Re-syncs from the attached store every `period` (level-triggered: leases of deleted
+    /// instances go, orphans left by a crash are removed).
+    pub async fn run(self: Arc<Self>, period: Duration) {
+        let Some(store) = self.store() else { return };
         if store.wait_until_ready().await.is_err() {
             return;
         }
