@@ -236,21 +236,25 @@ impl Agent {
         {
             Ok(list) => list.items.iter().map(instance::domain_name).collect(),
             Err(error) => {
-                warn!(error = %error, "cannot list instances; orphans stay until the next start");
+                warn!(host = %self.config.host_name, error = %error, "cannot list instances; orphans stay until the next start");
                 return;
             }
         };
         let owned = match self.driver.owned_domains().await {
             Ok(owned) => owned,
             Err(error) => {
-                warn!(error = %error, "cannot list the driver's domains");
+                warn!(host = %self.config.host_name, error = %error, "cannot list the driver's domains");
                 return;
             }
         };
         for name in owned.iter().filter(|name| !wanted.contains(*name)) {
             match self.driver.destroy(name).await {
-                Ok(()) => info!(domain = %name, "removed an orphaned domain"),
-                Err(error) => warn!(domain = %name, error = %error, "failed to remove an orphan"),
+                Ok(()) => {
+                    info!(host = %self.config.host_name, domain = %name, "removed an orphaned domain")
+                }
+                Err(error) => {
+                    warn!(host = %self.config.host_name, domain = %name, error = %error, "failed to remove an orphan")
+                }
             }
         }
     }
