@@ -218,7 +218,7 @@ async fn instances_get_their_leases_and_user_data_and_networks_go_with_them() {
     }
 
     // b goes: its lease leaves the hosts file; a's stays.
-    net.sync(&[a.clone()]).await;
+    net.sync(std::slice::from_ref(&a)).await;
     let netns = net.driver().l3_netns("agent-l3");
     let hosts = std::fs::read_to_string(cleanup.1.join(&netns).join("hosts")).unwrap();
     assert!(
