@@ -12,10 +12,13 @@ use kube::{
 };
 use strata_apis::{
     globalconfig::GLOBAL_CONFIG_NAME, quantity, AdminState, Cluster, GlobalConfig,
-    GlobalConfigSpec, Host, HostAdminState, HostState, PrimaryStorage, PrimaryStorageType, Zone,
+    GlobalConfigSpec, Host, HostAdminState, HostCapacity, HostState, PrimaryStorage,
+    PrimaryStorageType, Zone,
 };
 
-use super::schedule::{allocatable, Candidate, ClusterFacts, HostAdmin, Resources, Storage, Usage};
+use super::schedule::{
+    allocatable, Candidate, ClusterFacts, HostAdmin, Resources, Room, Storage, Usage,
+};
 
 /// Caches of the objects placement reads, fed by watches.
 #[derive(Clone)]
@@ -84,6 +87,28 @@ impl Inventory {
             config,
             usage,
         )
+    }
+}
+
+/// What of `host` can make room for a waiting VM (see [`RoomHints`]).
+///
+/// [`RoomHints`]: super::schedule::RoomHints
+pub(crate) fn room(host: &Host) -> Room {
+    let resources = |c: &HostCapacity| {
+        Some(Resources {
+            cpu: c.cpu,
+            memory: quantity::parse_quantity(&c.memory).ok()?,
+        })
+    };
+    let status = host.status.as_ref();
+    Room {
+        usable: host.spec.admin_state == HostAdminState::Enabled
+            && status.is_some_and(|s| s.state == Some(HostState::Connected)),
+        capacity: status.and_then(|s| s.capacity.as_ref()).and_then(resources),
+        reserved: host.spec.reserved.as_ref().and_then(resources),
+        allocated: status
+            .and_then(|s| s.allocated.as_ref())
+            .and_then(resources),
     }
 }
 

@@ -20,13 +20,45 @@ use crate::{Context, Error};
 /// found and released without scanning every network.
 pub(crate) const LABEL_OWNER_UID: &str = "strata.io/owner-uid";
 
-/// The lowest address of the range that is not taken. The network, broadcast and gateway
-/// addresses are never handed out, whatever the range says.
-pub(crate) fn next_free(subnet: &Subnet, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+/// Condition reason: the network has no free address.
+pub(crate) const IP_EXHAUSTED: &str = "IPExhausted";
+/// Condition reason: the static address asked for is held by another VM.
+pub(crate) const IP_CONFLICT: &str = "IPConflict";
+/// Condition reason: the static address asked for can never be given on its network.
+pub(crate) const IP_OUT_OF_RANGE: &str = "IPOutOfRange";
+
+/// The first address of the ranges, from the `start`-th one on and wrapping around, that is
+/// not taken. The network, broadcast and gateway addresses are never handed out, whatever the
+/// range says.
+pub(crate) fn next_free(
+    subnet: &Subnet,
+    taken: &BTreeSet<Ipv4Addr>,
+    start: u64,
+) -> Option<Ipv4Addr> {
     let reserved = [subnet.net.network(), subnet.net.broadcast(), subnet.gateway];
+    let start = usize::try_from(start % subnet.size().max(1)).unwrap_or(0);
     subnet
         .addresses()
+        .skip(start)
+        .chain(subnet.addresses().take(start))
         .find(|a| !taken.contains(a) && !reserved.contains(a) && subnet.net.contains(a))
+}
+
+/// Where in its network's ranges the search for NIC `index` of the VM with `uid` starts: a
+/// hash, so VMs created together do not all race for the same lowest address (each lost race
+/// costs a create and a get), and the same on every retry.
+pub(crate) fn search_start(uid: &str, index: usize) -> u64 {
+    let fnv = uid
+        .bytes()
+        .chain(index.to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    // splitmix64's finaliser spreads the low bits FNV leaves alike.
+    let mut z = fnv;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Why a static address (`spec.nics[].ip`) cannot be used, whoever holds what.
@@ -67,7 +99,7 @@ pub(crate) fn static_addresses(
                 .map(|text| {
                     check_static(&network.subnet, text).map_err(|why| {
                         Problem::new(
-                            "IPOutOfRange",
+                            IP_OUT_OF_RANGE,
                             format!(
                                 "spec.nics[{index}].ip on L3Network {:?}: {why}",
                                 network.name
@@ -135,7 +167,7 @@ pub(crate) async fn allocate(
             (None, Some(ip)) => {
                 if let Err(holder) = claim_static(ctx, vm, &uid, network, ip, &mine).await? {
                     return Ok(Err(Problem::new(
-                        "IPConflict",
+                        IP_CONFLICT,
                         format!(
                             "{ip} on L3Network {:?} (spec.nics[{index}].ip) is held by {holder}",
                             network.name
@@ -144,11 +176,11 @@ pub(crate) async fn allocate(
                 }
                 ip
             }
-            (None, None) => match claim(ctx, vm, &uid, network, &mine).await? {
+            (None, None) => match claim(ctx, vm, &uid, (index, network), &mine).await? {
                 Some(ip) => ip,
                 None => {
                     return Ok(Err(Problem::new(
-                        "IPExhausted",
+                        IP_EXHAUSTED,
                         format!(
                             "L3Network {:?} has no free address in its {} addresses",
                             network.name,
@@ -255,12 +287,13 @@ async fn release_unused(
 }
 
 /// Takes one address on `network` for `vm`: one it already holds but no NIC uses (left by a
-/// reconcile that crashed before writing status), else the next free one.
+/// reconcile that crashed before writing status), else the next free one from where this NIC's
+/// search starts.
 async fn claim(
     ctx: &Context,
     vm: &VirtualMachine,
     uid: &str,
-    network: &Network,
+    (index, network): (usize, &Network),
     mine: &BTreeSet<(String, Ipv4Addr)>,
 ) -> Result<Option<Ipv4Addr>, Error> {
     let on_network = ctx
@@ -294,7 +327,8 @@ async fn claim(
         vm: vm_key(vm),
         source,
     };
-    while let Some(candidate) = next_free(&network.subnet, &taken) {
+    let start = search_start(uid, index);
+    while let Some(candidate) = next_free(&network.subnet, &taken, start) {
         let object = address(vm, uid, &network.name, candidate);
         match api.create(&PostParams::default(), &object).await {
             Ok(_) => return Ok(Some(candidate)),
@@ -358,18 +392,50 @@ mod tests {
     #[test]
     fn hands_out_the_lowest_free_address() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", "10.0.0.10", "10.0.0.20");
-        assert_eq!(next_free(&s, &ips(&[])), Some("10.0.0.10".parse().unwrap()));
         assert_eq!(
-            next_free(&s, &ips(&["10.0.0.10", "10.0.0.11", "10.0.0.13"])),
+            next_free(&s, &ips(&[]), 0),
+            Some("10.0.0.10".parse().unwrap())
+        );
+        assert_eq!(
+            next_free(&s, &ips(&["10.0.0.10", "10.0.0.11", "10.0.0.13"]), 0),
             Some("10.0.0.12".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn the_search_starts_where_the_nic_hashes_to_and_wraps_around() {
+        let mut s = subnet("10.0.0.0/24", "10.0.0.1", "10.0.0.10", "10.0.0.12");
+        s.ranges
+            .push(("10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()));
+        let ip = |a: &str| Some(a.parse::<Ipv4Addr>().unwrap());
+        assert_eq!(next_free(&s, &ips(&[]), 3), ip("10.0.0.100"));
+        assert_eq!(next_free(&s, &ips(&["10.0.0.100"]), 3), ip("10.0.0.101"));
+        assert_eq!(
+            next_free(&s, &ips(&["10.0.0.100", "10.0.0.101"]), 3),
+            ip("10.0.0.10"),
+            "wraps to the first range"
+        );
+        assert_eq!(
+            next_free(&s, &ips(&[]), 5 + 2),
+            ip("10.0.0.12"),
+            "modulo the size"
+        );
+        // Stable per VM and NIC, different across them.
+        assert_eq!(search_start("uid-1", 0), search_start("uid-1", 0));
+        assert_ne!(search_start("uid-1", 0), search_start("uid-1", 1));
+        assert_ne!(search_start("uid-1", 0), search_start("uid-2", 0));
+        // Spread: 100 VMs over 1000 addresses land on many different starting points.
+        let starts: BTreeSet<u64> = (0..100)
+            .map(|i| search_start(&format!("uid-{i}"), 0) % 1000)
+            .collect();
+        assert!(starts.len() > 90, "{}", starts.len());
     }
 
     #[test]
     fn an_exhausted_range_has_nothing_left() {
         let s = subnet("10.0.0.0/24", "10.0.0.1", "10.0.0.10", "10.0.0.12");
         assert_eq!(
-            next_free(&s, &ips(&["10.0.0.10", "10.0.0.11", "10.0.0.12"])),
+            next_free(&s, &ips(&["10.0.0.10", "10.0.0.11", "10.0.0.12"]), 7),
             None
         );
     }
@@ -379,8 +445,11 @@ mod tests {
         // A range cannot include them (validation refuses it), but a hand-built subnet can.
         let mut s = subnet("10.0.0.0/30", "10.0.0.1", "10.0.0.2", "10.0.0.2");
         s.ranges = vec![("10.0.0.0".parse().unwrap(), "10.0.0.3".parse().unwrap())];
-        assert_eq!(next_free(&s, &ips(&[])), Some("10.0.0.2".parse().unwrap()));
-        assert_eq!(next_free(&s, &ips(&["10.0.0.2"])), None);
+        assert_eq!(
+            next_free(&s, &ips(&[]), 0),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(next_free(&s, &ips(&["10.0.0.2"]), 3), None);
     }
 
     #[test]

@@ -8,7 +8,11 @@ mod ipam;
 pub(crate) mod schedule;
 mod status;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
@@ -31,7 +35,7 @@ use strata_apis::{AllocatorStrategy, Cluster, GlobalConfig, PrimaryStorage, Zone
 
 use self::{
     instance::Applied,
-    schedule::{Candidate, Choice, Placement, Request, Resources},
+    schedule::{Candidate, Choice, Placement, Request, Resources, RoomHints},
     status::Observation,
 };
 use crate::{
@@ -91,6 +95,8 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let store = vms.store();
     let (offerings, images, networks, hosts) =
         (store.clone(), store.clone(), store.clone(), store.clone());
+    let room_hints = Mutex::new(RoomHints::default());
+    let l3_generations = Generations::default();
     vms.owns(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
@@ -113,8 +119,14 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     .watches(
         Api::<L3Network>::all(client.clone()),
         watcher::Config::default(),
+        // Only a new network or a new spec matters to the VMs on it: the L3 controller
+        // rewrites the status on every allocation, and waking every VM on the network each
+        // time made bursts of creates quadratic.
         move |l3| {
             let name = l3.name_any();
+            if !l3_generations.changed(&name, l3.metadata.generation) {
+                return Vec::new();
+            }
             referring(&networks, |vm| {
                 vm.spec.nics.iter().any(|n| n.l3_network == name)
             })
@@ -123,14 +135,19 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     .watches(
         Api::<Host>::all(client.clone()),
         watcher::Config::default(),
-        // A host change matters to the VMs on it, and to every VM still waiting for a host.
+        // A host change matters to the VMs on it, and to every VM still waiting for a host
+        // if the host may have gained room.
         move |h| {
             let name = h.name_any();
+            let gained = room_hints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .gained_room(&name, inventory::room(&h));
             referring(&hosts, |vm| {
                 vm.status
                     .as_ref()
                     .and_then(|s| s.host.as_ref())
-                    .is_none_or(|host| *host == name)
+                    .map_or(gained, |host| *host == name)
             })
         },
     )
@@ -155,6 +172,44 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
         watcher::Config::default(),
         unplaced(&store),
     )
+    // An address released on a network may be the one a VM waits for.
+    .watches(
+        Api::<IpAddress>::all(client.clone()),
+        watcher::Config::default(),
+        move |ip| {
+            referring(&store, |vm| {
+                waits_for_address(vm)
+                    && vm
+                        .spec
+                        .nics
+                        .iter()
+                        .any(|n| n.l3_network == ip.spec.l3_network)
+            })
+        },
+    )
+}
+
+/// Whether `vm` is blocked on an address that another VM holds or that its network lacks.
+fn waits_for_address(vm: &VirtualMachine) -> bool {
+    vm.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == strata_apis::condition::READY
+                && matches!(c.reason.as_str(), ipam::IP_EXHAUSTED | ipam::IP_CONFLICT)
+        })
+    })
+}
+
+/// The last generation seen of each object of a kind, to tell spec changes from status ones.
+#[derive(Default)]
+struct Generations(Mutex<HashMap<String, Option<i64>>>);
+
+impl Generations {
+    /// Records `generation` for `name`; whether it is new (a deletion repeats the last one
+    /// seen, and a VM that needs the deleted object is woken by its own retry).
+    fn changed(&self, name: &str, generation: Option<i64>) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.insert(name.to_string(), generation) != Some(generation)
+    }
 }
 
 /// A mapper that wakes every VM still waiting for a host.
@@ -242,7 +297,14 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(BLOCKED_RETRY));
     }
 
-    let host = match &current.host {
+    // The cached VM can predate the write that placed it (a host event may wake it before its
+    // own status update arrives): a placement this process has decided, or an instance
+    // already written, wins over scheduling it a second time.
+    let placed = current
+        .host
+        .clone()
+        .or_else(|| placed_before(ctx, vm, &key));
+    let host = match &placed {
         Some(host) => {
             // Re-assert a placement made before a restart, until the cache shows its instance.
             let placement = Placement {
@@ -542,6 +604,19 @@ where
             name: name.to_string(),
             source,
         })
+}
+
+/// The host `vm` was given by an earlier reconcile whose status write the cache may not show
+/// yet: an assumed placement, or a live instance.
+fn placed_before(ctx: &Context, vm: &VirtualMachine, key: &str) -> Option<String> {
+    if let Some(host) = ctx.assumed().host_of(key) {
+        return Some(host);
+    }
+    let instance = ObjectRef::new(&vm.name_any()).within(&vm.namespace().unwrap_or_default());
+    ctx.vmis
+        .get(&instance)
+        .filter(|vmi| vmi.metadata.deletion_timestamp.is_none())
+        .map(|vmi| vmi.spec.host.clone())
 }
 
 /// What `vm` asks of the scheduler: its size, root disk, L2 networks, pinning and strategy.

@@ -376,6 +376,44 @@ fn unschedulable(
     message
 }
 
+/// What of a host can make room for a VM waiting for one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Room {
+    /// Enabled and Connected.
+    pub usable: bool,
+    pub capacity: Option<Resources>,
+    pub reserved: Option<Resources>,
+    /// What the host controller last counted as given to instances.
+    pub allocated: Option<Resources>,
+}
+
+/// The last look at each host, so a host change wakes the VMs waiting for a host only when the
+/// host may have gained room (kube-scheduler's queueing hints): hosts filling up change their
+/// status on every placement, and waking every waiting VM each time made a burst of creates
+/// beyond capacity quadratic.
+#[derive(Debug, Default)]
+pub(crate) struct RoomHints {
+    seen: HashMap<String, Room>,
+}
+
+impl RoomHints {
+    /// Records `now` for `host`; whether it may fit a VM that did not fit before.
+    pub fn gained_room(&mut self, host: &str, now: Room) -> bool {
+        let Some(before) = self.seen.insert(host.to_string(), now) else {
+            return now.usable;
+        };
+        let more = |a: Option<Resources>, b: Option<Resources>| {
+            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
+            a.cpu > b.cpu || a.memory > b.memory
+        };
+        now.usable
+            && (!before.usable
+                || more(now.capacity, before.capacity)
+                || more(before.allocated, now.allocated)
+                || more(before.reserved, now.reserved))
+    }
+}
+
 /// A placement the scheduler has decided, keyed by the VM's `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Placement {
@@ -410,6 +448,11 @@ impl Assumed {
 
     pub fn forget(&mut self, vm: &str) {
         self.placements.remove(vm);
+    }
+
+    /// The host `vm` was assumed onto, until the cache confirms it or it is forgotten.
+    pub fn host_of(&self, vm: &str) -> Option<String> {
+        self.placements.get(vm).map(|p| p.host.clone())
     }
 
     /// What each host has given away: the `instances` the cache shows (as `(vm, host, size)`)
@@ -780,6 +823,55 @@ mod tests {
     }
 
     #[test]
+    fn a_host_wakes_waiting_vms_only_when_it_may_have_gained_room() {
+        let room = |usable, capacity: (i64, u64), allocated: (i64, u64)| Room {
+            usable,
+            capacity: Some(res(capacity.0, capacity.1)),
+            reserved: None,
+            allocated: Some(res(allocated.0, allocated.1)),
+        };
+        let mut hints = RoomHints::default();
+        assert!(
+            !hints.gained_room("a", room(false, (8, 8), (0, 0))),
+            "not usable yet"
+        );
+        assert!(
+            hints.gained_room("a", room(true, (8, 8), (0, 0))),
+            "connected"
+        );
+        assert!(
+            !hints.gained_room("a", room(true, (8, 8), (1, 1))),
+            "filling up"
+        );
+        assert!(
+            !hints.gained_room("a", room(true, (8, 8), (1, 1))),
+            "unchanged"
+        );
+        assert!(
+            hints.gained_room("a", room(true, (8, 8), (0, 1))),
+            "a VM left"
+        );
+        assert!(hints.gained_room("a", room(true, (8, 16), (0, 1))), "grew");
+        assert!(
+            !hints.gained_room("a", room(false, (8, 16), (0, 0))),
+            "disabled"
+        );
+        assert!(
+            hints.gained_room("a", room(true, (8, 16), (0, 0))),
+            "enabled again"
+        );
+        let mut reserved = room(true, (8, 16), (0, 0));
+        reserved.reserved = Some(res(1, 1));
+        assert!(!hints.gained_room("a", reserved), "reserved more");
+        reserved.reserved = None;
+        assert!(hints.gained_room("a", reserved), "reserved less");
+        assert!(
+            hints.gained_room("b", room(true, (1, 1), (1, 1))),
+            "a new host"
+        );
+    }
+
+    #[test]
     fn assumed_placements_count_until_the_cache_shows_them() {
         let mut assumed = Assumed::default();
         assumed.assume(
@@ -789,6 +881,7 @@ mod tests {
                 request: res(1, 2),
             },
         );
+        assert_eq!(assumed.host_of("ns/vm1").as_deref(), Some("a"));
         // The cache does not show vm1 yet: the assumption alone reserves its share.
         let usage = assumed.usage([("ns/vm0".to_string(), "a", res(1, 1))]);
         assert_eq!(
@@ -806,6 +899,7 @@ mod tests {
         ];
         assert_eq!(assumed.usage(shown.clone())["a"].used, res(2, 3));
         assert!(assumed.placements.is_empty());
+        assert_eq!(assumed.host_of("ns/vm1"), None);
         assert_eq!(assumed.usage(shown)["a"].used, res(2, 3));
     }
 
