@@ -292,6 +292,8 @@ pub async fn start_with_libvirt(
             cluster: host.cluster,
             capacity: opts.host_capacity.clone(),
             heartbeat_interval: opts.heartbeat,
+            // Simulated hosts leave the machine's network alone.
+            network: None,
         };
         let host = config.host_name.clone();
         let agent = Agent::new(client.clone(), config, Arc::new(driver))
@@ -309,6 +311,8 @@ pub async fn start_with_libvirt(
             cluster: host.cluster,
             capacity: strata_node_agent::host_capacity(),
             heartbeat_interval: opts.heartbeat,
+            // Not wired to the host network yet (AgentConfig.network).
+            network: None,
         };
         let agent = Agent::new(client.clone(), config, Arc::new(driver))
             .with_metrics(agent_metrics.clone());
