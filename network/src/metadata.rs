@@ -31,6 +31,8 @@ type Table = Arc<RwLock<HashMap<Ipv4Addr, InstanceMetadata>>>;
 /// A running metadata service for one L3 namespace; stops when dropped.
 pub struct MetadataServer {
     netns: String,
+    /// Identity of the namespace the socket lives in (device, inode of `/run/netns/<name>`).
+    netns_id: Option<(u64, u64)>,
     table: Table,
     task: tokio::task::JoinHandle<()>,
 }
@@ -44,6 +46,7 @@ impl MetadataServer {
 
     /// As [`MetadataServer::start`], on another address (tests).
     pub fn start_on(netns: &str, addr: SocketAddr) -> Result<Self> {
+        let netns_id = netns_identity(netns);
         let listener = bind_in_netns(netns, addr)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io {
             path: format!("/run/netns/{netns}").into(),
@@ -64,6 +67,7 @@ impl MetadataServer {
         });
         Ok(MetadataServer {
             netns: netns.to_string(),
+            netns_id,
             table,
             task,
         })
@@ -72,6 +76,12 @@ impl MetadataServer {
     /// The namespace it serves.
     pub fn netns(&self) -> &str {
         &self.netns
+    }
+
+    /// Whether the namespace it listens in is still the one named `netns` (a namespace deleted
+    /// and recreated takes a new server: the old socket serves the dead namespace).
+    pub fn is_current(&self) -> bool {
+        self.netns_id.is_some() && netns_identity(&self.netns) == self.netns_id
     }
 
     /// Replaces the whole table (the agent's desired state for this L3 on this host).
@@ -100,6 +110,13 @@ impl Drop for MetadataServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn netns_identity(netns: &str) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{netns}"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 fn lookup(table: &Table, peer: SocketAddr) -> Option<InstanceMetadata> {

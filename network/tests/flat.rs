@@ -110,6 +110,7 @@ async fn dhcp_static_leases_ping_metadata_and_cleanup() {
 
     // The metadata service answers each VM with its own user data.
     let md = MetadataServer::start(&netns).unwrap();
+    assert!(md.is_current());
     md.set_all(HashMap::from([
         (
             "10.10.1.11".parse().unwrap(),

@@ -284,7 +284,7 @@ impl HostNetwork {
 
     fn sync_metadata(&self, want: &HostNetworks, ready_l3: &[String]) {
         let mut servers = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
-        servers.retain(|l3, _| want.l3.contains_key(l3));
+        servers.retain(|l3, s| want.l3.contains_key(l3) && s.is_current());
         for l3 in ready_l3 {
             if !servers.contains_key(l3) {
                 match MetadataServer::start(&self.driver.l3_netns(l3)) {
