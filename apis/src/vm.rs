@@ -97,6 +97,12 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub cdrom: Option<String>,
+    /// Any new value asks for one reboot of the running VM, the way `kubectl rollout restart`
+    /// stamps a time on a Deployment (the dashboard writes the current time). The value the
+    /// host carried out last shows in the instance's `status.rebootRequest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub reboot_request: Option<String>,
 }
 
 /// Whether the VM should be running (KubeVirt's run strategies).

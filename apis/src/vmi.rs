@@ -50,6 +50,10 @@ pub struct VirtualMachineInstanceSpec {
     /// The power state the agent drives the domain to.
     #[serde(default)]
     pub power_state: PowerState,
+    /// The VM's `spec.rebootRequest`: the agent reboots the running domain once for each new
+    /// value and records it in `status.rebootRequest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_request: Option<String>,
     /// The VM's user data, served to it by the metadata service of its L3 networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
@@ -145,6 +149,9 @@ pub struct VirtualMachineInstanceStatus {
     /// What the hypervisor reports.
     #[serde(default)]
     pub phase: VmiPhase,
+    /// The last `spec.rebootRequest` the agent carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_request: Option<String>,
     /// `Ready` is True while the instance runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

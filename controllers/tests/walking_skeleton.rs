@@ -479,3 +479,44 @@ async fn run_strategy_decides_whether_a_vm_stopped_behind_strata_runs_again() {
         .collect();
     assert_eq!(restarting, [Some("vm-always".to_string())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_reboot_request_reboots_a_running_vm_once() {
+    let plane = start(&["host-b"], Duration::from_millis(500)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), NS);
+    // A request present at creation is satisfied by the first boot.
+    let mut fresh = vm("vm-b", "small", "net-1");
+    fresh.spec.reboot_request = Some("at-create".into());
+    create(&vms, fresh).await;
+    wait_phase(&client, "vm-b", VmPhase::Running).await;
+    let domain = format!("{NS}.vm-b");
+    let carried_out = |request: &'static str| {
+        let vmis = vmis.clone();
+        async move {
+            let status = vmis.get("vm-b").await.ok()?.status?;
+            (status.reboot_request.as_deref() == Some(request)).then_some(())
+        }
+    };
+    wait_for(&client, "the creation-time request to be recorded", || {
+        carried_out("at-create")
+    })
+    .await;
+    assert_eq!(plane.drivers[0].boots(&domain), 1);
+
+    vms.patch(
+        "vm-b",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"rebootRequest": "r1"}})),
+    )
+    .await
+    .expect("ask for a reboot");
+    wait_for(&client, "the reboot to be carried out", || {
+        carried_out("r1")
+    })
+    .await;
+    wait_phase(&client, "vm-b", VmPhase::Running).await;
+    assert_eq!(plane.drivers[0].boots(&domain), 2, "exactly one reboot");
+}

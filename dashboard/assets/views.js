@@ -188,6 +188,7 @@ export function vmDetail(s, namespace, name, message) {
     <div class="actions">
       <button data-action="start" ${halted ? '' : 'disabled'}>Start</button>
       <button data-action="stop" ${halted ? 'disabled' : ''}>Stop</button>
+      <button data-action="reboot" ${vm.status?.phase === 'Running' ? '' : 'disabled'}>Reboot</button>
       <button data-action="delete" class="danger">Delete</button>
       <span id="action-result" class="muted">${esc(message)}</span>
     </div>

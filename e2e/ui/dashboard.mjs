@@ -1,6 +1,6 @@
 // Drives the dashboard like an operator would, in Debian's headless Chromium:
 // the overview lists the hosts and VMs, a VM applied with kubectl appears and reaches Running
-// without a reload, and Stop on its page makes kubectl report it Stopped.
+// without a reload, Reboot on its page is carried out, and Stop makes kubectl report it Stopped.
 // Inputs (environment): STRATA_URL, STRATA_TOKEN, KUBECONFIG, KUBECTL, SCREENSHOTS, EXPECT_HOSTS.
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
@@ -61,9 +61,17 @@ try {
   await page.locator('tr[data-vm="default/web-1"]', { hasText: 'Running' }).waitFor({ timeout });
   await page.screenshot({ path: `${shots}/vms.png`, fullPage: true });
 
-  console.log('Stop on the VM page makes kubectl report it Stopped');
+  console.log('Reboot on the VM page is carried out by the host');
   await page.click('tr[data-vm="default/web-1"] a');
   await page.locator('h2', { hasText: 'default/web-1' }).waitFor({ timeout });
+  await page.locator('h2 .phase', { hasText: 'Running' }).waitFor({ timeout });
+  await page.click('button[data-action="reboot"]');
+  await page.locator('#action-result', { hasText: 'Reboot requested' }).waitFor({ timeout });
+  const asked = kubectl(['get', 'vm', 'web-1', '-o', 'jsonpath={.spec.rebootRequest}']);
+  if (!asked) throw new Error('the Reboot button did not set spec.rebootRequest');
+  await waitForKubectl(['get', 'vmi', 'web-1', '-o', 'jsonpath={.status.rebootRequest}'], asked);
+
+  console.log('Stop on the VM page makes kubectl report it Stopped');
   await page.click('button[data-action="stop"]');
   await page.locator('#action-result', { hasText: 'Stop requested' }).waitFor({ timeout });
   await waitForKubectl(['get', 'vm', 'web-1', '-o', 'jsonpath={.status.phase}'], 'Stopped');

@@ -119,7 +119,11 @@ async fn apply(
                 if let Some(network) = &ctx.network {
                     network.plug(vmi, &mut domain.nics).await;
                 }
-                match ctx.driver.ensure(&domain).await {
+                let ensured = match ctx.driver.ensure(&domain).await {
+                    Ok(observed) => reboot_if_asked(api, vmi, ctx, &domain, phase, observed).await,
+                    Err(e) => Err(e),
+                };
+                match ensured {
                     Ok(observed) => from_driver(observed, domain.power),
                     Err(e) => Observed::Failed {
                         reason: e.reason().into(),
@@ -131,6 +135,47 @@ async fn apply(
     };
     report(api, vmi, &observed).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// Carries out a new `spec.rebootRequest` and records it in the status. A domain that was not
+/// running before this reconcile has just booted, which satisfies the request without a
+/// second boot.
+async fn reboot_if_asked(
+    api: &Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    ctx: &Context,
+    domain: &Domain,
+    phase_before: VmiPhase,
+    observed: driver::Observed,
+) -> Result<driver::Observed, driver::DriverError> {
+    let done = vmi.status.as_ref().and_then(|s| s.reboot_request.as_ref());
+    let Some(asked) = vmi
+        .spec
+        .reboot_request
+        .as_ref()
+        .filter(|a| Some(*a) != done)
+    else {
+        return Ok(observed);
+    };
+    if observed != driver::Observed::Running {
+        return Ok(observed);
+    }
+    if phase_before == VmiPhase::Running {
+        ctx.driver.reboot(&domain.name).await?;
+    }
+    let record = json!({ "status": { "rebootRequest": asked } });
+    if let Err(error) = api
+        .patch_status(
+            &vmi.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(record),
+        )
+        .await
+    {
+        // The next reconcile sees the request again; a second reboot is the lesser harm.
+        warn!(instance = %instance_key(vmi), %error, "recording the reboot failed");
+    }
+    Ok(observed)
 }
 
 /// `Some` when the domain should run but stopped without the agent asking, either just now
@@ -224,10 +269,13 @@ async fn report(
     if vmi.status.as_ref() == Some(&status) {
         return Ok(());
     }
+    let mut patch = json!(status);
+    // Only reboot_if_asked writes rebootRequest: this status may predate its record.
+    patch.as_object_mut().map(|s| s.remove("rebootRequest"));
     api.patch_status(
         &vmi.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &Patch::Merge(json!({ "status": patch })),
     )
     .await
     .map_err(|source| Error::UpdateStatus {

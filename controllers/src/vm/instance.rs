@@ -53,6 +53,7 @@ pub(crate) fn build(
             direct_boot: resolved.image.direct_boot.clone(),
             root_disk_size: vm.spec.root_disk_size.clone(),
             power_state: PowerState::Running,
+            reboot_request: vm.spec.reboot_request.clone(),
             user_data: vm.spec.user_data.clone(),
             nics,
         },

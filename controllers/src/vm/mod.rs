@@ -29,7 +29,7 @@ use serde_json::json;
 use strata_apis::{
     condition::VM_FINALIZER, l3network::Subnet, quantity, Host, HostState, Image, ImageSpec,
     InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy, VirtualMachine,
-    VirtualMachineInstance, VirtualMachineStatus, VmiL2Network,
+    VirtualMachineInstance, VirtualMachineStatus, VmiL2Network, VmiPhase,
 };
 use strata_apis::{AllocatorStrategy, Cluster, GlobalConfig, PrimaryStorage, Zone};
 
@@ -328,6 +328,7 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
                     host_connected: true,
                     cpu: resolved.size.cpu,
                     memory: resolved.memory.clone(),
+                    reboot_pending: false,
                 };
                 if let Err(error) =
                     update_status(ctx, vm, &current, placed, current.nics.clone()).await
@@ -374,6 +375,9 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         Applied::Current(reported) => Observation::Placed {
             host_connected: host_connected(ctx, &host),
             host,
+            reboot_pending: reported.as_ref().is_some_and(|r| {
+                r.phase == VmiPhase::Running && r.reboot_request != vm.spec.reboot_request
+            }),
             instance: reported,
             cpu: resolved.size.cpu,
             memory: resolved.memory.clone(),
@@ -385,6 +389,7 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
                 host_connected: true,
                 cpu: resolved.size.cpu,
                 memory: resolved.memory.clone(),
+                reboot_pending: false,
             };
             update_status(ctx, vm, &current, observation, nics).await?;
             return Ok(Action::requeue(REPLACING_RETRY));

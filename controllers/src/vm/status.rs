@@ -29,6 +29,8 @@ pub(crate) enum Observation {
         host_connected: bool,
         cpu: i64,
         memory: Quantity,
+        /// The VM asks for a reboot its instance has not carried out yet.
+        reboot_pending: bool,
     },
     /// `runStrategy: Halted`; the instance may still be going away.
     Halted { instance_exists: bool },
@@ -172,6 +174,7 @@ pub(crate) fn compute(
             host_connected,
             cpu,
             memory,
+            reboot_pending,
         } => {
             status.cpu = Some(cpu);
             status.memory = Some(memory);
@@ -181,7 +184,18 @@ pub(crate) fn compute(
                 "Scheduled",
                 format!("placed on host {host}"),
             ));
-            let (phase, ready) = placed_phase(&host, instance.as_ref(), host_connected);
+            let (phase, ready) = match placed_phase(&host, instance.as_ref(), host_connected) {
+                (VmPhase::Running, _) if reboot_pending => (
+                    VmPhase::Rebooting,
+                    Desired::new(
+                        READY,
+                        false,
+                        "Rebooting",
+                        format!("host {host} is rebooting the instance"),
+                    ),
+                ),
+                placed => placed,
+            };
             set(ready);
             (phase, Some(host))
         }
@@ -281,6 +295,7 @@ mod tests {
             host_connected,
             cpu: 1,
             memory: Quantity("1Gi".into()),
+            reboot_pending: false,
         }
     }
 
