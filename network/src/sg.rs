@@ -255,6 +255,12 @@ pub fn ct_ruleset() -> nftables::schema::Nftables<'static> {
     t.rule(
         "prerouting",
         vec![
+            // Only bridged traffic of Strata's bridges (br_netfilter presents the bridge as the
+            // input interface), so the mark bit never touches the host's own routing.
+            nft::eq(
+                nft::meta(MetaKey::Iifname),
+                nft::s(format!("{}*", names::BRIDGE_PREFIX)),
+            ),
             Statement::Match(nftables::stmt::Match {
                 left: Expression::Named(NamedExpression::CT(CT {
                     key: "state".into(),
@@ -278,13 +284,8 @@ pub fn ct_ruleset() -> nftables::schema::Nftables<'static> {
 
 /// Applies a NIC's security group, replacing its previous rules atomically.
 pub fn ensure(host: &Netns, sec: &NicSecurity) -> Result<()> {
-    if !host
-        .nft_tables("inet")?
-        .iter()
-        .any(|t| t == names::CT_TABLE)
-    {
-        host.nft_apply(names::CT_TABLE, &ct_ruleset())?;
-    }
+    // Replaced every time (one atomic transaction) so a host with an older version converges.
+    host.nft_apply(names::CT_TABLE, &ct_ruleset())?;
     // Stateful rules rely on bridged IPv4 traversing the inet hooks.
     let key = "net.bridge.bridge-nf-call-iptables";
     if host.exec("sysctl", &["-n", key])?.trim() != "1" {
