@@ -68,7 +68,7 @@ pub async fn run_with_metrics(
     let (vmis, vmi_writer) = reflector::store();
     let (leases, lease_writer) = reflector::store();
     let (ips, ip_writer) = reflector::store();
-    let (inventory, inventory_feed) = vm::inventory::Inventory::reflect(&client);
+    let (inventory, inventory_feed) = vm::inventory::Inventory::reflect(&client, vms.store());
     let ctx = Arc::new(Context::new(
         client.clone(),
         opts,

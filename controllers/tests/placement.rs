@@ -90,12 +90,7 @@ async fn start(hosts: &[SimHost]) -> Plane {
     .await;
 
     let mut tasks = vec![server];
-    let controllers = client.clone();
-    tasks.push(tokio::spawn(async move {
-        strata_controllers::run(controllers, ControllerOptions::default())
-            .await
-            .expect("controllers run");
-    }));
+    tasks.push(controllers(&client));
     for SimHost(name, cluster, cpu, memory) in hosts {
         let reported = HostCapacity {
             cpu: *cpu,
@@ -133,6 +128,25 @@ async fn start(hosts: &[SimHost]) -> Plane {
         tasks,
         _stop_server: stop_server,
         _data: data,
+    }
+}
+
+fn controllers(client: &Client) -> JoinHandle<()> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        strata_controllers::run(client, ControllerOptions::default())
+            .await
+            .expect("controllers run");
+    })
+}
+
+impl Plane {
+    /// Drops the controllers wherever they are (every in-flight reconcile stops at its current
+    /// await, like a killed process) and starts fresh ones with empty caches.
+    async fn restart_controllers(&mut self) {
+        let old = std::mem::replace(&mut self.tasks[1], controllers(&self.client));
+        old.abort();
+        let _ = old.await;
     }
 }
 
@@ -571,35 +585,38 @@ async fn static_addresses_conflicts_and_exhaustion() {
     assert_eq!(mac(&d3), mac(&d1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_creates_never_overcommit_a_host() {
-    const VMS: usize = 200;
-    const CLIENTS: usize = 20;
-    // Ten hosts of 4 cpu and 6Gi in two clusters: 60 slots of 1Gi (cpu allows 40 each).
-    let hosts: Vec<SimHost> = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9"]
+/// `n` simulated hosts of 4 cpu and 6Gi, alternating between clusters c1 and c2: six 1Gi VMs
+/// each (cpu would allow 40).
+fn six_slot_hosts(n: usize) -> Vec<SimHost> {
+    const NAMES: [&str; 10] = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9"];
+    NAMES[..n]
         .iter()
         .enumerate()
         .map(|(i, name)| SimHost(name, if i % 2 == 0 { "c1" } else { "c2" }, 4, "6Gi"))
-        .collect();
-    let plane = start(&hosts).await;
-    let client = plane.client.clone();
-    inventory(&client).await;
-    cluster(&client, "c1", "z1", true, AdminState::Enabled).await;
-    cluster(&client, "c2", "z1", true, AdminState::Enabled).await;
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+        .collect()
+}
 
-    stream::iter(0..VMS)
-        .for_each_concurrent(CLIENTS, |i| {
+/// Creates `vms` VMs named vm-NNN on net-1 from `clients` concurrent clients.
+async fn create_many(vms: &Api<VirtualMachine>, count: usize, clients: usize) {
+    stream::iter(0..count)
+        .for_each_concurrent(clients, |i| {
             let vms = vms.clone();
             async move {
                 create(&vms, vm(&format!("vm-{i:03}"), "net-1")).await;
             }
         })
         .await;
+}
 
-    // Every VM settles: Running, or waiting because every host is full.
-    let full = "0/10 hosts are available: 10 insufficient memory";
-    let settled = wait_for(&client, "every VM to settle", || async {
+/// Waits until every VM is Running or waits because all `hosts` are full, with exactly
+/// `slots` Running; then checks that no host holds more than its 6Gi and 40 cpu, that the
+/// VMs' view agrees with the instances, and that no address or MAC repeats, nor is any
+/// address held by a VM that does not use it.
+async fn assert_filled_without_overcommit(client: &Client, hosts: usize) {
+    let slots = 6 * hosts;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    let full = format!("0/{hosts} hosts are available: {hosts} insufficient memory");
+    let settled = wait_for(client, "every VM to settle", || async {
         let list = vms.list(&ListParams::default()).await.ok()?;
         let mut running = Vec::new();
         for vm in list.items {
@@ -611,7 +628,7 @@ async fn concurrent_creates_never_overcommit_a_host() {
                 _ => return None,
             }
         }
-        (running.len() == 60).then_some(running)
+        (running.len() == slots).then_some(running)
     })
     .await;
 
@@ -626,22 +643,84 @@ async fn concurrent_creates_never_overcommit_a_host() {
         used.0 += i.spec.cpu;
         used.1 += quantity::parse_quantity(&i.spec.memory).expect("memory");
     }
-    assert_eq!(instances.items.len(), 60);
-    assert_eq!(per_host.len(), 10, "{per_host:?}");
+    assert_eq!(instances.items.len(), slots);
+    assert_eq!(per_host.len(), hosts, "{per_host:?}");
     for (host, (cpu, memory)) in &per_host {
         assert!(*memory <= 6 * GI, "{host} holds {memory} bytes of 6Gi");
         assert!(*cpu <= 40, "{host} holds {cpu} cpu of 40");
     }
-    // The VMs' own view agrees with the instances, and no address or MAC repeats.
-    let ips: BTreeSet<&str> = settled.iter().map(ip_of).collect();
-    let macs: BTreeSet<&str> = settled
-        .iter()
-        .filter_map(|vm| vm.status.as_ref()?.nics.first().map(|n| n.mac.as_str()))
-        .collect();
-    assert_eq!((ips.len(), macs.len()), (60, 60));
     let by_vm: BTreeMap<String, usize> = settled.iter().fold(BTreeMap::new(), |mut m, vm| {
         *m.entry(host_of(vm).to_string()).or_default() += 1;
         m
     });
     assert!(by_vm.values().all(|n| *n == 6), "{by_vm:?}");
+    for vm in &settled {
+        let instance = instances
+            .items
+            .iter()
+            .find(|i| i.name_any() == vm.name_any())
+            .expect("a Running VM has its instance");
+        assert_eq!(instance.spec.host, host_of(vm), "{}", vm.name_any());
+    }
+
+    let ips: BTreeSet<&str> = settled.iter().map(ip_of).collect();
+    let macs: BTreeSet<&str> = settled
+        .iter()
+        .filter_map(|vm| vm.status.as_ref()?.nics.first().map(|n| n.mac.as_str()))
+        .collect();
+    assert_eq!((ips.len(), macs.len()), (slots, slots));
+    // Only the Running VMs hold addresses (waiting VMs never got to IPAM), each exactly the
+    // one its status shows: nothing leaked by a reconcile that stopped half way.
+    let held = wait_for(client, "leaked addresses to be released", || async {
+        let held = Api::<IpAddress>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        (held.items.len() == slots).then_some(held)
+    })
+    .await;
+    let held: BTreeSet<(String, String)> = held
+        .items
+        .iter()
+        .map(|ip| (ip.spec.owner.clone(), ip.spec.address.clone()))
+        .collect();
+    let shown: BTreeSet<(String, String)> = settled
+        .iter()
+        .map(|vm| (format!("{NS}/{}", vm.name_any()), ip_of(vm).to_string()))
+        .collect();
+    assert_eq!(held, shown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_never_overcommit_a_host() {
+    // 200 VMs from 20 clients onto ten hosts with 60 slots.
+    let plane = start(&six_slot_hosts(10)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    cluster(&client, "c1", "z1", true, AdminState::Enabled).await;
+    cluster(&client, "c2", "z1", true, AdminState::Enabled).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    create_many(&vms, 200, 20).await;
+    assert_filled_without_overcommit(&client, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_stopped_mid_burst_converge_without_duplicates() {
+    // 60 VMs onto six hosts with 36 slots; the controllers are dropped twice while VMs are
+    // being placed and addressed, and started again with empty caches.
+    let mut plane = start(&six_slot_hosts(6)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    cluster(&client, "c1", "z1", true, AdminState::Enabled).await;
+    cluster(&client, "c2", "z1", true, AdminState::Enabled).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    let burst = create_many(&vms, 60, 20);
+    let restarts = async {
+        for delay in [700, 900] {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            plane.restart_controllers().await;
+        }
+    };
+    futures::join!(burst, restarts);
+    assert_filled_without_overcommit(&client, 6).await;
 }

@@ -1,5 +1,6 @@
 //! What the scheduler knows about the infrastructure besides hosts: clusters, zones, primary
-//! storages and the GlobalConfig, each kept in memory by a watch. A change (a cluster
+//! storages and the GlobalConfig, each kept in memory by a watch, and the placements VMs record
+//! in their status (from the VM controller's own cache). A change (a cluster
 //! disabled, a new overcommit ratio) affects the next placement without a restart.
 //!
 //! [`candidate`] joins one host with all of that into the pure [`Candidate`] the filters read.
@@ -13,7 +14,7 @@ use kube::{
 use strata_apis::{
     globalconfig::GLOBAL_CONFIG_NAME, quantity, AdminState, Cluster, GlobalConfig,
     GlobalConfigSpec, Host, HostAdminState, HostCapacity, HostState, PrimaryStorage,
-    PrimaryStorageType, Zone,
+    PrimaryStorageType, VirtualMachine, Zone,
 };
 
 use super::schedule::{
@@ -27,11 +28,16 @@ pub(crate) struct Inventory {
     pub zones: Store<Zone>,
     pub storages: Store<PrimaryStorage>,
     pub config: Store<GlobalConfig>,
+    /// The VM controller's own cache: `status.host` is the durable record of a placement.
+    pub vms: Store<VirtualMachine>,
 }
 
 impl Inventory {
     /// The caches, and the future that keeps them filled (run it alongside the controllers).
-    pub fn reflect(client: &Client) -> (Self, impl Future<Output = ()> + use<>) {
+    pub fn reflect(
+        client: &Client,
+        vms: Store<VirtualMachine>,
+    ) -> (Self, impl Future<Output = ()> + use<>) {
         let (clusters, clusters_w) = reflector::store();
         let (zones, zones_w) = reflector::store();
         let (storages, storages_w) = reflector::store();
@@ -47,6 +53,7 @@ impl Inventory {
             zones,
             storages,
             config,
+            vms,
         };
         (inventory, async move {
             feed.await;
@@ -59,6 +66,7 @@ impl Inventory {
             && self.zones.wait_until_ready().await.is_ok()
             && self.storages.wait_until_ready().await.is_ok()
             && self.config.wait_until_ready().await.is_ok()
+            && self.vms.wait_until_ready().await.is_ok()
     }
 
     /// The GlobalConfig's spec, or the defaults while the `default` object does not exist.

@@ -660,7 +660,8 @@ async fn schedule(ctx: &Context, key: &str, request: &Request) -> Result<Choice,
     let config = ctx.inventory.global();
     let mut assumed = ctx.assumed();
     let placed = ctx.vmis.state();
-    let usage = assumed.usage(placed.iter().filter_map(|vmi| {
+    let vms = ctx.inventory.vms.state();
+    let instances = placed.iter().filter_map(|vmi| {
         let memory = quantity::parse_quantity(&vmi.spec.memory).ok()?;
         let key = format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any());
         Some((
@@ -671,7 +672,20 @@ async fn schedule(ctx: &Context, key: &str, request: &Request) -> Result<Choice,
                 memory,
             },
         ))
-    }));
+    });
+    let recorded = vms.iter().filter_map(|vm| {
+        let status = vm.status.as_ref()?;
+        let memory = quantity::parse_quantity(status.memory.as_ref()?).ok()?;
+        Some((
+            vm_key(vm),
+            status.host.as_deref()?,
+            Resources {
+                cpu: status.cpu?,
+                memory,
+            },
+        ))
+    });
+    let usage = assumed.usage(instances, recorded);
     let candidates: Vec<Candidate> = ctx
         .hosts
         .state()

@@ -9,7 +9,7 @@
 //! caches only show a placement once its instance has been written and watched back. Without
 //! that, two VMs reconciled back to back would both see the same last free slot.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use strata_apis::AllocatorStrategy;
 
@@ -455,25 +455,38 @@ impl Assumed {
         self.placements.get(vm).map(|p| p.host.clone())
     }
 
-    /// What each host has given away: the `instances` the cache shows (as `(vm, host, size)`)
-    /// plus assumed placements the cache does not show yet. Assumptions the cache confirms are
+    /// What each host has given away: the `instances` the cache shows (as `(vm, host, size)`),
+    /// plus assumed placements the cache does not show yet, plus placements `recorded` in VM
+    /// statuses (`status.host`) of VMs that have neither. Assumptions the cache confirms are
     /// dropped, since from then on the instance itself counts.
+    ///
+    /// The recorded ones matter after a restart: a VM placed by the previous process whose
+    /// instance was not written yet holds its slot, even before this process reconciles it.
     pub fn usage<'a>(
         &mut self,
         instances: impl IntoIterator<Item = (String, &'a str, Resources)>,
+        recorded: impl IntoIterator<Item = (String, &'a str, Resources)>,
     ) -> HashMap<String, Usage> {
         let mut usage: HashMap<String, Usage> = HashMap::new();
+        let mut counted: HashSet<String> = HashSet::new();
         for (vm, host, size) in instances {
             if self.placements.get(&vm).is_some_and(|p| p.host == host) {
                 self.placements.remove(&vm);
             }
             usage.entry(host.to_string()).or_default().add(size);
+            counted.insert(vm);
         }
-        for placement in self.placements.values() {
+        for (vm, placement) in &self.placements {
             usage
                 .entry(placement.host.clone())
                 .or_default()
                 .add(placement.request);
+            counted.insert(vm.clone());
+        }
+        for (vm, host, size) in recorded {
+            if !counted.contains(&vm) {
+                usage.entry(host.to_string()).or_default().add(size);
+            }
         }
         usage
     }
@@ -883,7 +896,7 @@ mod tests {
         );
         assert_eq!(assumed.host_of("ns/vm1").as_deref(), Some("a"));
         // The cache does not show vm1 yet: the assumption alone reserves its share.
-        let usage = assumed.usage([("ns/vm0".to_string(), "a", res(1, 1))]);
+        let usage = assumed.usage([("ns/vm0".to_string(), "a", res(1, 1))], []);
         assert_eq!(
             usage.get("a"),
             Some(&Usage {
@@ -897,17 +910,47 @@ mod tests {
             ("ns/vm0".to_string(), "a", res(1, 1)),
             ("ns/vm1".to_string(), "a", res(1, 2)),
         ];
-        assert_eq!(assumed.usage(shown.clone())["a"].used, res(2, 3));
+        assert_eq!(assumed.usage(shown.clone(), [])["a"].used, res(2, 3));
         assert!(assumed.placements.is_empty());
         assert_eq!(assumed.host_of("ns/vm1"), None);
-        assert_eq!(assumed.usage(shown)["a"].used, res(2, 3));
+        assert_eq!(assumed.usage(shown, [])["a"].used, res(2, 3));
+    }
+
+    #[test]
+    fn placements_recorded_in_vm_status_count_after_a_restart() {
+        // A fresh process: nothing assumed; vm1 is placed on a (status.host) without an
+        // instance yet, vm0 runs on a, vm2's instance already shows it on b.
+        let mut assumed = Assumed::default();
+        let instances = [
+            ("ns/vm0".to_string(), "a", res(1, 1)),
+            ("ns/vm2".to_string(), "b", res(1, 1)),
+        ];
+        let recorded = [
+            ("ns/vm0".to_string(), "a", res(1, 1)),
+            ("ns/vm1".to_string(), "a", res(2, 2)),
+            ("ns/vm2".to_string(), "b", res(1, 1)),
+        ];
+        let usage = assumed.usage(instances.clone(), recorded.clone());
+        assert_eq!(usage["a"].used, res(3, 3), "vm0 once, vm1 from its status");
+        assert_eq!(usage["b"].used, res(1, 1), "vm2 once");
+        // Once this process assumes vm1 elsewhere (rescheduled after a halt), that counts.
+        assumed.assume(
+            "ns/vm1".into(),
+            Placement {
+                host: "b".into(),
+                request: res(2, 2),
+            },
+        );
+        let usage = assumed.usage(instances, recorded);
+        assert_eq!(usage["a"].used, res(1, 1));
+        assert_eq!(usage["b"].used, res(3, 3));
     }
 
     #[test]
     fn two_vms_never_share_the_last_slot() {
         let mut assumed = Assumed::default();
         let schedule = |assumed: &mut Assumed, vm: &str| {
-            let usage = assumed.usage([]);
+            let usage = assumed.usage([], []);
             let hosts = [host(
                 "a",
                 res(4, 4),
@@ -939,7 +982,7 @@ mod tests {
                 request: res(1, 1),
             },
         );
-        let usage = assumed.usage([("ns/vm".to_string(), "a", res(1, 1))]);
+        let usage = assumed.usage([("ns/vm".to_string(), "a", res(1, 1))], []);
         assert_eq!(usage["a"].used, res(1, 1));
         assert_eq!(usage["b"].used, res(1, 1));
     }
