@@ -13,7 +13,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exec::Netns;
 use crate::names;
 
@@ -282,6 +282,24 @@ pub fn ensure(ns: &Netns, spec: &L2Spec) -> Result<()> {
     let links = ns.links()?;
     let find = |n: &str| links.iter().find(|l| l.name == n).cloned();
     let uplink = spec.uplink();
+    // Enslaving an interface moves its traffic into the bridge: one that carries addresses (the
+    // host's management interface, say) would cut the host off. NoVlan needs a dedicated one.
+    if let L2Type::NoVlan { interface } = &spec.kind {
+        let Some(link) = find(interface) else {
+            return Err(Error::Invalid(format!(
+                "interface {interface} of L2 network {} does not exist",
+                spec.name
+            )));
+        };
+        if link.master.as_deref() != Some(spec.bridge().as_str())
+            && !crate::l3::addresses(ns, interface)?.is_empty()
+        {
+            return Err(Error::Invalid(format!(
+                "interface {interface} of L2 network {} has IPv4 addresses; a NoVlan network needs a dedicated interface",
+                spec.name
+            )));
+        }
+    }
     // A VXLAN device with the wrong VNI (the L2 was recreated with another VNI) is rebuilt.
     if let (L2Type::Vxlan { vni, .. }, Some(l)) = (&spec.kind, find(&uplink)) {
         if l.vxlan_id != Some(*vni) {

@@ -45,6 +45,22 @@ async fn dhcp_static_leases_ping_metadata_and_cleanup() {
         },
         mtu: None,
     };
+    // An interface with addresses is refused (it would cut the host off), before anything is made.
+    veth(&host, "mgmt0", "mgmt1", None);
+    ip(&["-n", &host, "addr", "add", "192.0.2.1/24", "dev", "mgmt0"]);
+    let busy = L2Spec {
+        name: "busy".into(),
+        kind: L2Type::NoVlan {
+            interface: "mgmt0".into(),
+        },
+        mtu: None,
+    };
+    assert!(matches!(
+        drv.ensure_l2(&busy),
+        Err(strata_network::Error::Invalid(_))
+    ));
+    assert!(drv.inventory().unwrap().bridges.is_empty());
+
     drv.ensure_l2(&l2).unwrap();
     let br = l2.bridge();
 
