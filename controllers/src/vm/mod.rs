@@ -7,9 +7,9 @@ pub(crate) mod inventory;
 mod ipam;
 pub(crate) mod schedule;
 mod status;
+mod wake;
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -37,6 +37,7 @@ use self::{
     instance::Applied,
     schedule::{Candidate, Choice, Placement, Request, Resources, RoomHints},
     status::Observation,
+    wake::Generations,
 };
 use crate::{
     events::{self, Transition},
@@ -124,7 +125,7 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
         // time made bursts of creates quadratic.
         move |l3| {
             let name = l3.name_any();
-            if !l3_generations.changed(&name, l3.metadata.generation) {
+            if !l3_generations.changed(&name, l3.uid(), l3.metadata.generation) {
                 return Vec::new();
             }
             referring(&networks, |vm| {
@@ -197,19 +198,6 @@ fn waits_for_address(vm: &VirtualMachine) -> bool {
                 && matches!(c.reason.as_str(), ipam::IP_EXHAUSTED | ipam::IP_CONFLICT)
         })
     })
-}
-
-/// The last generation seen of each object of a kind, to tell spec changes from status ones.
-#[derive(Default)]
-struct Generations(Mutex<HashMap<String, Option<i64>>>);
-
-impl Generations {
-    /// Records `generation` for `name`; whether it is new (a deletion repeats the last one
-    /// seen, and a VM that needs the deleted object is woken by its own retry).
-    fn changed(&self, name: &str, generation: Option<i64>) -> bool {
-        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.insert(name.to_string(), generation) != Some(generation)
-    }
 }
 
 /// A mapper that wakes every VM still waiting for a host.
