@@ -36,8 +36,9 @@ use strata_node_agent::{Agent, AgentConfig, SimDriver};
 use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 
 const NS: &str = "it-placement";
-/// Generous: the 200-VM test takes about 20 s alone on two cores, longer next to the others.
-const DEADLINE: Duration = Duration::from_secs(60);
+/// Generous: the 200-VM test takes about 20 s alone on two cores and 35-40 s next to the
+/// other tests; a machine busy with builds must not turn that into a failure.
+const DEADLINE: Duration = Duration::from_secs(90);
 const GI: u64 = 1 << 30;
 
 struct Plane {
