@@ -292,12 +292,101 @@ pub fn record_manager(
         })
         .collect();
     entries.push(entry);
+    cap_update_managers(&mut entries);
     m.insert("managedFields".into(), Value::Array(entries));
+}
+
+/// kube-apiserver keeps at most this many `Update` entries per object (apply entries are never
+/// capped), so objects written by many controllers do not grow without bound.
+const MAX_UPDATE_MANAGERS: usize = 10;
+/// The manager the oldest `Update` entries are merged into, as upstream names it.
+const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// Merges the oldest `Update` entries (by time; RFC 3339 strings sort in time order) into one
+/// `ancient-changes` entry owning the union of their fields, until at most
+/// [`MAX_UPDATE_MANAGERS`] remain.
+fn cap_update_managers(entries: &mut Vec<Value>) {
+    let is_update = |e: &Value| e["operation"] == "Update";
+    let updates = entries.iter().filter(|e| is_update(e)).count();
+    if updates <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    let mut oldest: Vec<Value> = entries.iter().filter(|e| is_update(e)).cloned().collect();
+    oldest.sort_by(|a, b| {
+        let ancient = |e: &Value| e["manager"] != ANCIENT_CHANGES;
+        (ancient(a), a["time"].as_str()).cmp(&(ancient(b), b["time"].as_str()))
+    });
+    // The merged entry takes one of the slots itself.
+    oldest.truncate(updates - MAX_UPDATE_MANAGERS + 1);
+    let mut fields = crate::ssa::FieldSet::new();
+    for entry in &oldest {
+        fields.extend(crate::ssa::from_fields_v1(&entry["fieldsV1"]));
+    }
+    let newest = oldest.last().cloned().unwrap_or_default();
+    entries.retain(|e| !oldest.contains(e));
+    entries.insert(
+        0,
+        json!({
+            "manager": ANCIENT_CHANGES,
+            "operation": "Update",
+            "apiVersion": newest["apiVersion"],
+            "time": newest["time"],
+            "fieldsType": "FieldsV1",
+            "fieldsV1": crate::ssa::to_fields_v1(&fields),
+        }),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_managers_are_capped_into_ancient_changes() {
+        let mut obj = json!({"metadata": {"name": "x"}});
+        for i in 0..12 {
+            record_manager(
+                &mut obj,
+                &format!("controller-{i:02}"),
+                "Update",
+                "v1",
+                None,
+                json!({"f:metadata": {"f:labels": {format!("f:l{i}"): {}}}}),
+            );
+            // Entries recorded within one second share a time; order them explicitly.
+            let entries = obj["metadata"]["managedFields"].as_array_mut().unwrap();
+            let last = entries.last_mut().unwrap();
+            last["time"] = json!(format!("2026-01-01T00:00:{i:02}Z"));
+        }
+        record_manager(
+            &mut obj,
+            "kubectl",
+            "Apply",
+            "v1",
+            None,
+            json!({"f:spec": {}}),
+        );
+        let entries = obj["metadata"]["managedFields"].as_array().unwrap();
+        let managers: Vec<&str> = entries
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            managers.len(),
+            11,
+            "10 Update entries and the Apply entry: {managers:?}"
+        );
+        assert_eq!(managers[0], "ancient-changes");
+        assert!(!managers.contains(&"controller-00") && !managers.contains(&"controller-02"));
+        assert!(managers.contains(&"controller-03") && managers.contains(&"kubectl"));
+        let ancient = crate::ssa::from_fields_v1(&entries[0]["fieldsV1"]);
+        assert_eq!(
+            ancient.len(),
+            3,
+            "the labels of controller-00..02: {ancient:?}"
+        );
+    }
+
     use crate::registry::Registry;
 
     fn def() -> std::sync::Arc<ResourceDef> {
