@@ -41,6 +41,8 @@ if [ "$mode" = test ]; then
   command -v cpio >/dev/null 2>&1 || apt_need+=(cpio)
   #   busybox        udhcpc, nc, httpd: the network driver's tests play guests in namespaces with it
   command -v busybox >/dev/null 2>&1 || apt_need+=(busybox-static)
+  #   curl           the network driver's tests fetch from the metadata service and through NAT
+  command -v curl >/dev/null 2>&1 || apt_need+=(curl)
 fi
 if [ ${#apt_need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
