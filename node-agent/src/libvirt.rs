@@ -67,6 +67,9 @@ pub struct LibvirtDriver {
     lv: Libvirt,
     storage: Storage,
     config: LibvirtConfig,
+    /// What each domain was last defined as. Redefining emits a libvirt `Defined` event and a
+    /// reconcile, so an unchanged definition is not sent again.
+    defined: std::sync::Mutex<std::collections::HashMap<String, DomainSpec>>,
 }
 
 impl LibvirtDriver {
@@ -86,11 +89,13 @@ impl LibvirtDriver {
             })?;
         }
         traversable(&config.state_dir)?;
+        reachable_by_qemu(&config.state_dir)?;
         let storage = Storage::open(config.state_dir.join("storage"))?;
         Ok(Self {
             lv,
             storage,
             config,
+            defined: Default::default(),
         })
     }
 
@@ -227,10 +232,28 @@ impl LibvirtDriver {
             .await?;
         }
         let spec = self.spec(domain).await?;
-        self.lv
-            .define(&spec)
+        let unchanged = self
+            .defined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            == Some(&spec);
+        let exists = self
+            .lv
+            .state(name)
             .await
-            .map_err(|e| self.failed(name, "define", e))?;
+            .map_err(|e| self.failed(name, "query", e))?
+            .is_some();
+        if !(unchanged && exists) {
+            self.lv
+                .define(&spec)
+                .await
+                .map_err(|e| self.failed(name, "define", e))?;
+            self.defined
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.clone(), spec);
+        }
         match domain.power {
             PowerState::Running => {
                 self.lv
@@ -286,6 +309,10 @@ impl LibvirtDriver {
             .undefine(name)
             .await
             .map_err(|e| self.failed(name, "undefine", e))?;
+        self.defined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
         let record = self.read_record(name).await.unwrap_or_else(|| Record {
             domain: name.to_string(),
             volumes: vec![Self::root_volume(name)],
@@ -373,8 +400,14 @@ impl Hypervisor for LibvirtDriver {
     }
 
     fn events(&self) -> BoxStream<'static, String> {
+        use strata_virt::EventKind as K;
+        // Only changes of the power state: (un)definitions are the agent's own doing.
         strata_virt::events::lifecycle_events(self.lv.uri())
-            .map(|event| event.domain)
+            .filter_map(|event| {
+                futures::future::ready(
+                    (!matches!(event.kind, K::Defined | K::Undefined)).then_some(event.domain),
+                )
+            })
             .boxed()
     }
 }
@@ -406,6 +439,28 @@ fn traversable(dir: &Path) -> Result<(), strata_virt::Error> {
             source,
         }
     })
+}
+
+/// Every directory above the state dir must let others through (`o+x`), or QEMU fails to
+/// open the volumes with a permission error only at the first start. Said at start-up instead.
+fn reachable_by_qemu(dir: &Path) -> Result<(), strata_virt::Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::fs::canonicalize(dir).map_err(|source| strata_virt::Error::Io {
+        action: "resolve",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for ancestor in dir.ancestors() {
+        let mode = std::fs::metadata(ancestor).map(|m| m.permissions().mode());
+        if mode.is_ok_and(|mode| mode & 0o001 == 0) {
+            return Err(strata_virt::Error::Invalid {
+                what: "state directory",
+                value: ancestor.display().to_string(),
+                reason: "QEMU (libvirt-qemu) cannot traverse it: chmod o+x",
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn remove_if_exists(path: &Path) -> std::io::Result<()> {

@@ -80,13 +80,18 @@ pub fn lifecycle_events(uri: &str) -> impl Stream<Item = DomainEvent> + Send + '
     let uri = uri.to_string();
     tokio::spawn(async move {
         while !tx.is_closed() {
+            let started = tokio::time::Instant::now();
             if let Err(e) = watch(&uri, &tx).await {
                 tracing::warn!(%uri, error = %e, "libvirt event watcher failed");
             }
             if tx.is_closed() {
                 break;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // A watcher that ran its course is replaced at once; one that failed early
+            // (libvirtd restarting) after a pause.
+            if started.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     });
     ReceiverStream::new(rx)
@@ -94,7 +99,18 @@ pub fn lifecycle_events(uri: &str) -> impl Stream<Item = DomainEvent> + Send + '
 
 async fn watch(uri: &str, tx: &mpsc::Sender<DomainEvent>) -> std::io::Result<()> {
     let mut child = Command::new("virsh")
-        .args(["-c", uri, "event", "--loop", "--event", "lifecycle"])
+        // --timeout bounds the life of a watcher whose parent died without killing it (it
+        // would otherwise linger until its next write fails); the loop starts a new one.
+        .args([
+            "-c",
+            uri,
+            "event",
+            "--loop",
+            "--event",
+            "lifecycle",
+            "--timeout",
+            "600",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

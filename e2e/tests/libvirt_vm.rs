@@ -1,0 +1,244 @@
+//! A real VM from `kubectl apply`: `strata up --driver libvirt` runs this machine as a host on
+//! its libvirtd (QEMU, TCG here), the test guest from `hack/build-test-image.sh` boots from its
+//! kernel with a root overlay on the cached image, and its serial console shows the boot
+//! marker. A `virsh destroy` behind Strata's back reaches the instance's status within 2 s;
+//! deleting the VM removes the domain, its volume, console log and the agent's record.
+//! (Networking comes from the network driver; this VM has no NIC.)
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{repo_file, Strata};
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// Removes the domain even when the test fails before Strata could.
+struct DomainGuard(String);
+
+impl Drop for DomainGuard {
+    fn drop(&mut self) {
+        for args in [&["destroy"][..], &["undefine", "--snapshots-metadata"][..]] {
+            let _ = Command::new("virsh")
+                .args(["-q", "-c", "qemu:///system"])
+                .args(args)
+                .arg(&self.0)
+                .output();
+        }
+    }
+}
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .expect("virsh runs")
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubectl_apply_boots_a_real_vm_on_libvirt() {
+    let built = Command::new(repo_file("hack/build-test-image.sh"))
+        .output()
+        .expect("the image script runs");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let image = repo_file("target/test-image")
+        .canonicalize()
+        .expect("test image dir");
+    let sha = std::fs::read_to_string(image.join("disk.qcow2.sha256")).expect("checksum");
+    let sha = sha.split_whitespace().next().expect("a checksum");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // qemu runs as libvirt-qemu and must reach the volumes under the data dir.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let ns = format!("e2e-libvirt-{}", std::process::id());
+    let domain = format!("{ns}.tiny-vm");
+    let _guard = DomainGuard(domain.clone());
+    let host = format!("e2e-host-{}", std::process::id());
+    let strata = Strata::start(dir.path(), &["--driver", "libvirt", "--host-name", &host]);
+
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+---
+apiVersion: strata.io/v1alpha1
+kind: Zone
+metadata:
+  name: zone-1
+spec: {{}}
+---
+apiVersion: strata.io/v1alpha1
+kind: Cluster
+metadata:
+  name: cluster-1
+spec:
+  zone: zone-1
+  hypervisorType: KVM
+---
+apiVersion: strata.io/v1alpha1
+kind: Image
+metadata:
+  name: strata-test-guest
+spec:
+  url: file://{img}/disk.qcow2
+  format: qcow2
+  checksum: sha256:{sha}
+  directBoot:
+    kernelUrl: file://{img}/vmlinuz
+    initrdUrl: file://{img}/initrd.img
+    cmdline: console=ttyS0 quiet strata.dhcp_tries=1
+---
+apiVersion: strata.io/v1alpha1
+kind: InstanceOffering
+metadata:
+  name: tiny
+spec:
+  cpu: 1
+  memory: 128Mi
+---
+apiVersion: strata.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: tiny-vm
+  namespace: {ns}
+spec:
+  instanceOffering: tiny
+  image: strata-test-guest
+"#,
+        img = image.display()
+    );
+    let file = dir.path().join("vm.yaml");
+    std::fs::write(&file, manifest).expect("writes the manifest");
+    strata.ok(&["apply", "-f", file.to_str().expect("utf-8")]);
+
+    let started = Instant::now();
+    strata.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=jsonpath={.status.phase}=Running",
+        "vm/tiny-vm",
+        "--timeout=120s",
+    ]);
+    assert_eq!(
+        strata.ok(&[
+            "get",
+            "vmi",
+            "-n",
+            &ns,
+            "tiny-vm",
+            "-o",
+            "jsonpath={.spec.host}"
+        ]),
+        host
+    );
+    let console = dir
+        .path()
+        .join("agent/console")
+        .join(format!("{domain}.log"));
+    strata.eventually("the boot marker on the serial console", BOOT, || {
+        std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .contains(&format!("STRATA-BOOT-MARKER name={domain}"))
+    });
+    eprintln!("boot marker {:?} after apply", started.elapsed());
+    let dominfo = String::from_utf8_lossy(&virsh(&["domstate", &domain]).stdout).into_owned();
+    assert_eq!(dominfo.trim(), "running");
+
+    // Behind Strata's back: the agent reports the stop at once, and the VM controller acts by
+    // the run strategy (Always: the instance is replaced and the VM boots again).
+    let vmi_field = |path: &str| {
+        strata.ok(&[
+            "get",
+            "vmi",
+            "-n",
+            &ns,
+            "tiny-vm",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    let uid = vmi_field("{.metadata.uid}");
+    let out = virsh(&["destroy", &domain]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let destroyed = Instant::now();
+    strata.eventually(
+        "the stop to reach the instance",
+        Duration::from_secs(2),
+        || {
+            let now = strata.kubectl(&[
+                "get",
+                "vmi",
+                "-n",
+                &ns,
+                "tiny-vm",
+                "-o",
+                "jsonpath={.metadata.uid} {.status.phase}",
+            ]);
+            let now = String::from_utf8_lossy(&now.stdout).into_owned();
+            now.is_empty() || now.ends_with(" Stopped") || !now.starts_with(&uid)
+        },
+    );
+    eprintln!(
+        "stop seen {:?} after virsh destroy returned",
+        destroyed.elapsed()
+    );
+    strata.eventually("the VM to run again (runStrategy Always)", BOOT, || {
+        String::from_utf8_lossy(&virsh(&["domstate", &domain]).stdout).trim() == "running"
+            && std::fs::read_to_string(&console)
+                .unwrap_or_default()
+                .contains("STRATA-BOOT-MARKER")
+    });
+    strata.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=jsonpath={.status.phase}=Running",
+        "vm/tiny-vm",
+        "--timeout=120s",
+    ]);
+    eprintln!(
+        "running again {:?} after virsh destroy",
+        destroyed.elapsed()
+    );
+
+    strata.ok(&["delete", "-n", &ns, "vm", "tiny-vm", "--timeout=120s"]);
+    strata.eventually("the instance to be gone", BOOT, || {
+        strata
+            .ok(&["get", "vmi", "-n", &ns, "-o", "name"])
+            .trim()
+            .is_empty()
+    });
+    assert!(
+        !virsh(&["dominfo", &domain]).status.success(),
+        "the domain is undefined"
+    );
+    let agent = dir.path().join("agent");
+    assert!(files(&agent.join("storage/volumes")).is_empty());
+    assert!(files(&agent.join("domains")).is_empty());
+    assert!(files(&agent.join("console")).is_empty());
+    strata.stop();
+}
