@@ -5,7 +5,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Conditions, DirectBoot, L2NetworkType};
+use crate::{
+    securitygroup::{Protocol, RuleAction},
+    Conditions, DirectBoot, L2NetworkType, PortRange,
+};
 
 /// A VirtualMachineInstance is the runtime form of a VirtualMachine: written by the VM controller
 /// with every decision made (host, size, image, addresses), and run by the agent of `spec.host`.
@@ -97,6 +100,52 @@ pub struct VmiNic {
     /// The L2 network the L3 network lives on, as the host must build it.
     #[serde(default)]
     pub l2: VmiL2Network,
+    /// The firewall of the NIC, resolved from the VM NIC's `securityGroups`; unset when the NIC
+    /// is in no SecurityGroup (all traffic passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<VmiNicSecurity>,
+}
+
+/// The union of a NIC's SecurityGroups, as the host's firewall applies it. Replies to allowed
+/// traffic always pass; ARP and DHCP replies are always let in.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiNicSecurity {
+    /// The SecurityGroups the rules come from, in the VM NIC's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Rules for traffic into the NIC, by ascending priority; the first match decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_rules: Vec<VmiSecurityRule>,
+    /// Rules for traffic out of the NIC, by ascending priority; the first match decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_rules: Vec<VmiSecurityRule>,
+    /// Incoming traffic no rule matches: `Accept` if any of the groups accepts it, else `Drop`.
+    #[serde(default)]
+    pub default_ingress_policy: RuleAction,
+    /// Outgoing traffic no rule matches: `Accept` if any of the groups accepts it, else `Drop`.
+    #[serde(default)]
+    pub default_egress_policy: RuleAction,
+}
+
+/// One resolved firewall rule. A SecurityGroup rule with a `remoteGroup` becomes one rule per
+/// address of the member NICs of that group (`/32` CIDRs), and none while it has no members.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiSecurityRule {
+    /// IP protocol the rule matches.
+    pub protocol: Protocol,
+    /// Destination ports, for TCP and UDP; all ports when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// The peer's IPv4 CIDR (the source for ingress, the destination for egress); any peer
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// Lower numbers are evaluated first.
+    pub priority: i32,
+    /// What happens to matching traffic.
+    pub action: RuleAction,
 }
 
 /// A resolved L2 network: what a host needs to build its bridge.

@@ -34,6 +34,7 @@ pub(crate) fn build(
             dns: network.dns.clone(),
             dns_domain: network.dns_domain.clone(),
             l2: network.l2.clone(),
+            security: None,
         })
         .collect();
     VirtualMachineInstance {
