@@ -242,3 +242,164 @@ spec:
     assert!(files(&agent.join("console")).is_empty());
     strata.stop();
 }
+
+/// The agent is killed (SIGKILL, with the whole `strata up`) while it runs a VM and after it
+/// had created a domain, volume and record that no instance wants any more (planted here, as a
+/// crash between a VM's deletion and its clean-up would leave them). Restarted on the same
+/// data dir, it removes those and keeps the VM running: nothing leaks, nothing boots twice.
+#[test]
+fn a_restarted_agent_removes_orphans_and_keeps_its_vm() {
+    let built = Command::new(repo_file("hack/build-test-image.sh"))
+        .output()
+        .expect("the image script runs");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let image = repo_file("target/test-image")
+        .canonicalize()
+        .expect("test image dir");
+    let sha = std::fs::read_to_string(image.join("disk.qcow2.sha256")).expect("checksum");
+    let sha = sha.split_whitespace().next().expect("a checksum");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let ns = format!("e2e-restart-{}", std::process::id());
+    let domain = format!("{ns}.vm");
+    let ghost = format!("{ns}-gone.vm");
+    let _guards = (DomainGuard(domain.clone()), DomainGuard(ghost.clone()));
+    let host = format!("e2e-restart-{}", std::process::id());
+    let args = ["--driver", "libvirt", "--host-name", host.as_str()];
+    let strata = Strata::start(dir.path(), &args);
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+---
+apiVersion: strata.io/v1alpha1
+kind: Zone
+metadata:
+  name: zone-1
+spec: {{}}
+---
+apiVersion: strata.io/v1alpha1
+kind: Cluster
+metadata:
+  name: cluster-1
+spec:
+  zone: zone-1
+  hypervisorType: KVM
+---
+apiVersion: strata.io/v1alpha1
+kind: Image
+metadata:
+  name: strata-test-guest
+spec:
+  url: file://{img}/disk.qcow2
+  format: qcow2
+  checksum: sha256:{sha}
+  directBoot:
+    kernelUrl: file://{img}/vmlinuz
+    initrdUrl: file://{img}/initrd.img
+    cmdline: console=ttyS0 quiet strata.dhcp_tries=1
+---
+apiVersion: strata.io/v1alpha1
+kind: VirtualMachine
+metadata:
+  name: vm
+  namespace: {ns}
+spec:
+  cpu: 1
+  memory: 128Mi
+  image: strata-test-guest
+"#,
+        img = image.display()
+    );
+    let file = dir.path().join("vm.yaml");
+    std::fs::write(&file, manifest).expect("writes the manifest");
+    strata.ok(&["apply", "-f", file.to_str().expect("utf-8")]);
+    strata.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=jsonpath={.status.phase}=Running",
+        "vm/vm",
+        "--timeout=120s",
+    ]);
+    let agent = dir.path().join("agent");
+    let console = agent.join("console").join(format!("{domain}.log"));
+    let markers = || {
+        std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .matches("STRATA-BOOT-MARKER")
+            .count()
+    };
+    strata.eventually("the boot marker", BOOT, || markers() == 1);
+
+    // What a crash mid-clean-up leaves: a defined domain, its volume, its record.
+    let ghost_xml = dir.path().join("ghost.xml");
+    std::fs::write(
+        &ghost_xml,
+        format!(
+            "<domain type='qemu'><name>{ghost}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os></domain>"
+        ),
+    )
+    .expect("writes");
+    let out = virsh(&["define", ghost_xml.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let volume = agent
+        .join("storage/volumes")
+        .join(format!("{ghost}-root.qcow2"));
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&volume)
+        .arg("1M")
+        .status()
+        .expect("qemu-img runs");
+    assert!(made.success());
+    let record = agent.join("domains").join(format!("{ghost}.json"));
+    std::fs::write(
+        &record,
+        format!(
+            r#"{{"domain":"{ghost}","volumes":["{ghost}-root"],"console_log":"{}"}}"#,
+            agent.join("console").join(format!("{ghost}.log")).display()
+        ),
+    )
+    .expect("writes the record");
+
+    drop(strata); // SIGKILL
+    let strata = Strata::start(dir.path(), &args);
+    strata.eventually("the orphan to be removed", BOOT, || {
+        !virsh(&["dominfo", &ghost]).status.success()
+    });
+    assert!(!volume.exists(), "the orphan's volume is deleted");
+    assert!(!record.exists(), "the orphan's record is deleted");
+    strata.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=jsonpath={.status.phase}=Running",
+        "vm/vm",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&virsh(&["domstate", &domain]).stdout).trim(),
+        "running"
+    );
+    assert_eq!(markers(), 1, "the VM kept running; it did not boot again");
+
+    strata.ok(&["delete", "-n", &ns, "vm", "vm", "--timeout=120s"]);
+    strata.eventually("the domain to be removed", BOOT, || {
+        !virsh(&["dominfo", &domain]).status.success()
+    });
+    assert!(files(&agent.join("domains")).is_empty());
+    assert!(files(&agent.join("storage/volumes")).is_empty());
+    strata.stop();
+}
