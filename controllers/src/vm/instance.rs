@@ -25,7 +25,8 @@ pub(crate) fn build(
         .networks
         .iter()
         .zip(nics)
-        .map(|(network, nic)| VmiNic {
+        .enumerate()
+        .map(|(i, (network, nic))| VmiNic {
             l3_network: network.name.clone(),
             ip: nic.ip.clone(),
             prefix_length: network.subnet.net.prefix_len(),
@@ -34,7 +35,7 @@ pub(crate) fn build(
             dns: network.dns.clone(),
             dns_domain: network.dns_domain.clone(),
             l2: network.l2.clone(),
-            security: None,
+            security: resolved.security.get(i).cloned().flatten(),
         })
         .collect();
     VirtualMachineInstance {

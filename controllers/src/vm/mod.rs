@@ -6,6 +6,7 @@ mod instance;
 pub(crate) mod inventory;
 mod ipam;
 pub(crate) mod schedule;
+mod security;
 mod status;
 mod wake;
 
@@ -28,8 +29,8 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     condition::VM_FINALIZER, l3network::Subnet, quantity, Host, HostState, Image, ImageSpec,
-    InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy, VirtualMachine,
-    VirtualMachineInstance, VirtualMachineStatus, VmiL2Network, VmiPhase,
+    InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy, SecurityGroup,
+    VirtualMachine, VirtualMachineInstance, VirtualMachineStatus, VmiL2Network, VmiPhase,
 };
 use strata_apis::{AllocatorStrategy, Cluster, GlobalConfig, PrimaryStorage, Zone};
 
@@ -89,6 +90,8 @@ pub(crate) struct Resolved {
     /// How the scheduler picks among fitting hosts (the offering's; Spread without one).
     pub strategy: AllocatorStrategy,
     pub networks: Vec<Network>,
+    /// Each NIC's firewall, from its SecurityGroups (`None` for a NIC in none).
+    pub security: Vec<Option<strata_apis::VmiNicSecurity>>,
 }
 
 pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
@@ -96,6 +99,7 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let store = vms.store();
     let (offerings, images, networks, hosts) =
         (store.clone(), store.clone(), store.clone(), store.clone());
+    let groups = store.clone();
     let room_hints = Mutex::new(RoomHints::default());
     let l3_generations = Generations::default();
     vms.owns(
@@ -130,6 +134,23 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
             }
             referring(&networks, |vm| {
                 vm.spec.nics.iter().any(|n| n.l3_network == name)
+            })
+        },
+    )
+    // A group's rules are resolved into the instances of the VMs whose NICs list it, and its
+    // members' addresses into the rules of groups naming it as `remoteGroup`.
+    .watches(
+        Api::<SecurityGroup>::all(client.clone()),
+        watcher::Config::default(),
+        move |sg| {
+            let (name, namespace) = (sg.name_any(), sg.namespace());
+            referring(&groups, |vm| {
+                vm.namespace() == namespace
+                    && vm
+                        .spec
+                        .nics
+                        .iter()
+                        .any(|n| n.security_groups.contains(&name))
             })
         },
     )
@@ -510,6 +531,10 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
             Err(problem) => return Ok(Err(problem)),
         }
     }
+    let security = match security::resolve(ctx, vm).await? {
+        Ok(security) => security,
+        Err(problem) => return Ok(Err(problem)),
+    };
     Ok(Ok(Resolved {
         size: Resources {
             cpu,
@@ -524,6 +549,7 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
         image: image.spec,
         strategy,
         networks,
+        security,
     }))
 }
 
