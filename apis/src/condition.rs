@@ -15,6 +15,9 @@ pub const STOPPED_OUTSIDE: &str = "StoppedOutsideStrata";
 /// Reason of an instance's Ready condition when its guest crashed.
 pub const CRASHED: &str = "Crashed";
 
+/// Reason of an instance's Ready condition while its domain's vCPUs are paused.
+pub const PAUSED: &str = "Paused";
+
 /// Finalizer the VM controller holds until the VM's instance is gone and its IPs are released.
 pub const VM_FINALIZER: &str = "strata.io/vm-cleanup";
 /// Finalizer the node agent holds until the hypervisor has destroyed the instance.

@@ -97,6 +97,10 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub cdrom: Option<String>,
+    /// Pauses the running VM's vCPUs, keeping its memory and its host (ZStack's pause);
+    /// setting it back to false resumes the VM where it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Any new value asks for one reboot of the running VM, the way `kubectl rollout restart`
     /// stamps a time on a Deployment (the dashboard writes the current time). The value the
     /// host carried out last shows in the instance's `status.rebootRequest`.

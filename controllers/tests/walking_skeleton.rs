@@ -520,3 +520,40 @@ async fn a_new_reboot_request_reboots_a_running_vm_once() {
     wait_phase(&client, "vm-b", VmPhase::Running).await;
     assert_eq!(plane.drivers[0].boots(&domain), 2, "exactly one reboot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_vm_keeps_its_domain_and_resumes_without_a_boot() {
+    let plane = start(&["host-p"], Duration::from_millis(500)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    create(&vms, vm("vm-p", "small", "net-1")).await;
+    wait_phase(&client, "vm-p", VmPhase::Running).await;
+    let pause = |paused: bool| {
+        let vms = vms.clone();
+        async move {
+            vms.patch(
+                "vm-p",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"paused": paused}})),
+            )
+            .await
+            .expect("patch spec.paused");
+        }
+    };
+    pause(true).await;
+    let paused = wait_phase(&client, "vm-p", VmPhase::Paused).await;
+    assert_eq!(ready_reason(&paused).0, "Paused");
+    let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), NS)
+        .get("vm-p")
+        .await
+        .expect("instance");
+    assert_eq!(vmi.spec.power_state, PowerState::Paused);
+    pause(false).await;
+    wait_phase(&client, "vm-p", VmPhase::Running).await;
+    assert_eq!(
+        plane.drivers[0].boots(&format!("{NS}.vm-p")),
+        1,
+        "resumed, not rebooted"
+    );
+}

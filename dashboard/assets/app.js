@@ -78,13 +78,15 @@ function schedule() {
 async function act(action) {
   const [, , namespace, name] = location.hash.slice(1).split('/').map(decodeURIComponent);
   const path = `${GROUP}/namespaces/${encodeURIComponent(namespace)}/virtualmachines/${encodeURIComponent(name)}`;
-  const verbs = { start: 'Start', stop: 'Stop', reboot: 'Reboot', delete: 'Delete' };
+  const verbs = { start: 'Start', stop: 'Stop', reboot: 'Reboot', pause: 'Pause', resume: 'Resume', delete: 'Delete' };
   if (!confirm(`${verbs[action]} VM ${namespace}/${name}?`)) return;
   try {
     // Actions are spec changes through the API, exactly what kubectl would send.
     if (action === 'start') await api.mergePatch(path, { spec: { runStrategy: 'Always' } });
     if (action === 'stop') await api.mergePatch(path, { spec: { runStrategy: 'Halted' } });
     // Any new value asks for one reboot, as `kubectl rollout restart` stamps a time.
+    if (action === 'pause') await api.mergePatch(path, { spec: { paused: true } });
+    if (action === 'resume') await api.mergePatch(path, { spec: { paused: false } });
     if (action === 'reboot') await api.mergePatch(path, { spec: { rebootRequest: new Date().toISOString() } });
     if (action === 'delete') await api.delete(path);
     ui.message = `${verbs[action]} requested`;

@@ -189,6 +189,8 @@ export function vmDetail(s, namespace, name, message) {
       <button data-action="start" ${halted ? '' : 'disabled'}>Start</button>
       <button data-action="stop" ${halted ? 'disabled' : ''}>Stop</button>
       <button data-action="reboot" ${vm.status?.phase === 'Running' ? '' : 'disabled'}>Reboot</button>
+      <button data-action="pause" ${vm.status?.phase === 'Running' ? '' : 'disabled'}>Pause</button>
+      <button data-action="resume" ${vm.spec.paused ? '' : 'disabled'}>Resume</button>
       <button data-action="delete" class="danger">Delete</button>
       <span id="action-result" class="muted">${esc(message)}</span>
     </div>

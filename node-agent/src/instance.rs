@@ -20,7 +20,7 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::{READY, VMI_FINALIZER},
+    condition::{PAUSED, READY, VMI_FINALIZER},
     quantity, PowerState, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
 };
 use tracing::warn;
@@ -311,7 +311,7 @@ pub(crate) fn status(
         Observed::Paused => (
             VmiPhase::Running,
             false,
-            "Paused",
+            PAUSED,
             "the domain's vCPUs are paused".to_string(),
         ),
         Observed::Stopped { reason } => (

@@ -89,7 +89,7 @@ pub async fn install(client: &Client, topology: Topology, networks: usize) -> Re
             &kind("Cluster", "clusters"),
             None,
             &format!("cluster-{c}"),
-            json!({ "zone": topology.zone(c), "hypervisorType": "KVM" }),
+            json!({ "zone": topology.zone(c), "hypervisorType": "KVM", "l2Networks": [L2_NETWORK] }),
         )
         .await?;
     }

@@ -54,7 +54,11 @@ pub(crate) fn build(
             image_checksum: resolved.image.checksum.clone(),
             direct_boot: resolved.image.direct_boot.clone(),
             root_disk_size: vm.spec.root_disk_size.clone(),
-            power_state: PowerState::Running,
+            power_state: if vm.spec.paused {
+                PowerState::Paused
+            } else {
+                PowerState::Running
+            },
             reboot_request: vm.spec.reboot_request.clone(),
             user_data: vm.spec.user_data.clone(),
             nics,

@@ -3,7 +3,7 @@
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use strata_apis::{
-    condition::{CRASHED, READY, SCHEDULED, STOPPED_OUTSIDE},
+    condition::{CRASHED, PAUSED, READY, SCHEDULED, STOPPED_OUTSIDE},
     RunStrategy, VirtualMachineInstanceStatus, VirtualMachineStatus, VmNicStatus, VmPhase,
     VmiPhase,
 };
@@ -83,6 +83,14 @@ pub(crate) fn placed_phase(
                 format!("host {host} is starting the instance"),
             ),
         ),
+        VmiPhase::Running
+            if conditions::get(&instance.conditions, READY).is_some_and(|c| c.reason == PAUSED) =>
+        {
+            (
+                VmPhase::Paused,
+                ready(false, PAUSED, format!("paused on host {host}")),
+            )
+        }
         VmiPhase::Running => (
             VmPhase::Running,
             ready(true, "Running", format!("running on host {host}")),
