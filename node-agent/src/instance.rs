@@ -20,7 +20,7 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::{PAUSED, READY, VMI_FINALIZER},
+    condition::{CRASHED, PAUSED, READY, STOPPED_OUTSIDE, VMI_FINALIZER},
     quantity, PowerState, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
 };
 use tracing::warn;
@@ -41,11 +41,6 @@ pub(crate) struct Context {
     pub driver: Arc<dyn Hypervisor>,
     pub network: Option<Arc<crate::network::HostNetwork>>,
 }
-
-/// Condition reasons of a domain that stopped without the agent asking: the agent leaves it
-/// stopped until the instance's spec changes.
-const STOPPED_OUTSIDE: &str = "StoppedOutsideStrata";
-const CRASHED: &str = "Crashed";
 
 /// What the agent saw the hypervisor do with an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
