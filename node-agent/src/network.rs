@@ -10,7 +10,12 @@
 //!
 //! What is not in the instance spec yet, and comes from the agent's configuration: this host's
 //! VTEP address and the peer VTEPs of VXLAN networks (the control plane does not publish them yet),
-//! and security groups, EIPs and port forwarding (not resolved into the instance yet).
+//! and EIPs and port forwarding (not resolved into the instance yet).
+//!
+//! Security groups come resolved in each NIC (`VmiNic.security`): [`nic_security`] translates them
+//! into the driver's per-tap table, applied on every sync (so before the domain plugs its tap) and
+//! removed by the orphan sweep once no instance here has the NIC. A NIC whose rules cannot be
+//! translated gets a closed firewall (everything dropped) rather than none.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -19,9 +24,13 @@ use std::time::Duration;
 
 use kube::runtime::reflector::Store;
 use kube::ResourceExt;
-use strata_apis::{L2NetworkType, VirtualMachineInstance, VmiNic};
+use strata_apis::{
+    securitygroup::{Protocol as ApiProtocol, RuleAction},
+    L2NetworkType, VirtualMachineInstance, VmiNic, VmiSecurityRule,
+};
 use strata_network::{
-    names, InstanceMetadata, L2Spec, L2Type, L3Spec, Lease, MetadataServer, NetworkDriver,
+    names, Action, InstanceMetadata, L2Spec, L2Type, L3Spec, Lease, MetadataServer, NetworkDriver,
+    NicSecurity, Protocol, SgRule,
 };
 use tracing::{info, warn};
 
@@ -48,6 +57,8 @@ pub struct HostNetworks {
     pub l3: BTreeMap<String, L3Spec>,
     /// By L3 name: what the metadata service answers to each NIC address.
     pub metadata: BTreeMap<String, HashMap<Ipv4Addr, InstanceMetadata>>,
+    /// By tap: the firewall of each NIC in a security group.
+    pub security: BTreeMap<String, NicSecurity>,
     /// NICs that could not be planned, with why (reported, the rest goes ahead).
     pub problems: Vec<String>,
 }
@@ -132,6 +143,64 @@ fn l3_spec(nic: &VmiNic, l2: &L2Spec) -> Result<L3Spec, String> {
     })
 }
 
+fn action(a: RuleAction) -> Action {
+    match a {
+        RuleAction::Accept => Action::Accept,
+        RuleAction::Drop => Action::Drop,
+    }
+}
+
+fn sg_rule(r: &VmiSecurityRule) -> Result<SgRule, String> {
+    let cidr = match &r.cidr {
+        None => None,
+        Some(c) => Some(
+            c.parse::<ipnet::Ipv4Net>()
+                .or_else(|_| c.parse::<Ipv4Addr>().map(ipnet::Ipv4Net::from))
+                .map_err(|_| format!("security rule CIDR {c:?} is not IPv4"))?,
+        ),
+    };
+    let ports = match r.ports {
+        Some(p) if p.start == 0 || p.start > p.end => {
+            return Err(format!(
+                "security rule ports {}-{} are invalid",
+                p.start, p.end
+            ))
+        }
+        p => p.map(|p| (p.start, p.end)),
+    };
+    Ok(SgRule {
+        priority: r.priority,
+        protocol: match r.protocol {
+            ApiProtocol::TCP => Protocol::Tcp,
+            ApiProtocol::UDP => Protocol::Udp,
+            ApiProtocol::ICMP => Protocol::Icmp,
+            ApiProtocol::ALL => Protocol::All,
+        },
+        ports,
+        cidr: cidr.map(|c| c.trunc()),
+        action: action(r.action),
+    })
+}
+
+/// The driver's firewall for the NIC on `tap` (pure): `None` when the NIC is in no security group.
+/// Anti-spoofing uses the NIC's MAC and address.
+pub fn nic_security(tap: &str, nic: &VmiNic) -> Result<Option<NicSecurity>, String> {
+    let Some(sec) = &nic.security else {
+        return Ok(None);
+    };
+    let rules =
+        |rules: &[VmiSecurityRule]| rules.iter().map(sg_rule).collect::<Result<Vec<_>, _>>();
+    Ok(Some(NicSecurity {
+        tap: tap.to_string(),
+        mac: Some(nic.mac.to_ascii_lowercase()).filter(|m| !m.is_empty()),
+        ip: nic.ip.parse().ok(),
+        ingress: rules(&sec.ingress_rules)?,
+        egress: rules(&sec.egress_rules)?,
+        default_ingress: action(sec.default_ingress_policy),
+        default_egress: action(sec.default_egress_policy),
+    }))
+}
+
 fn ipnet_of(ip: Ipv4Addr, prefix: u8) -> Result<ipnet::Ipv4Net, String> {
     ipnet::Ipv4Net::new(ip, prefix)
         .map(|n| n.trunc())
@@ -148,13 +217,28 @@ pub fn desired(vmis: &[Arc<VirtualMachineInstance>], cfg: &NetworkConfig) -> Hos
         if vmi.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        for nic in &vmi.spec.nics {
+        for (index, nic) in vmi.spec.nics.iter().enumerate() {
             let who = format!(
                 "{}/{} NIC {}",
                 vmi.namespace().unwrap_or_default(),
                 vmi.name_any(),
                 nic.mac
             );
+            let tap = tap(vmi, index);
+            match nic_security(&tap, nic) {
+                Ok(Some(sec)) => {
+                    out.security.insert(tap, sec);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Closed rather than open: the NIC's groups meant to restrict it.
+                    out.problems
+                        .push(format!("{who}: {e}; all its traffic is dropped"));
+                    let mut closed = NicSecurity::new(&tap);
+                    closed.default_egress = Action::Drop;
+                    out.security.insert(tap, closed);
+                }
+            }
             let planned = l2_spec(nic, cfg).and_then(|l2| l3_spec(nic, &l2).map(|l3| (l2, l3)));
             let (l2, l3) = match planned {
                 Ok(p) => p,
@@ -334,9 +418,28 @@ fn apply(driver: &NetworkDriver, want: &HostNetworks) -> Vec<String> {
             Err(e) => warn!(l3 = %name, error = %e, "failed to build the L3 network"),
         }
     }
+    for (tap, sec) in &want.security {
+        if let Err(e) = driver.ensure_nic_security(sec) {
+            warn!(tap = %tap, error = %e, "failed to apply the NIC's security groups");
+        }
+    }
     // Orphans: what exists under Strata's names but is no longer wanted.
     match driver.inventory() {
         Ok(inv) => {
+            for tap in inv
+                .secured_taps
+                .iter()
+                .filter(|t| !want.security.contains_key(*t))
+            {
+                match driver.remove_nic_security(tap) {
+                    Ok(()) => {
+                        info!(tap = %tap, "removed the security groups of a NIC no instance here has")
+                    }
+                    Err(e) => {
+                        warn!(tap = %tap, error = %e, "failed to remove a NIC's security groups")
+                    }
+                }
+            }
             let want_ns: Vec<String> = want.l3.keys().map(|l3| driver.l3_netns(l3)).collect();
             for ns in inv.l3_namespaces.iter().filter(|ns| !want_ns.contains(ns)) {
                 match driver.remove_l3_netns(ns) {
@@ -477,6 +580,66 @@ mod tests {
             d.l3["l3a"].mtu,
             Some(1450),
             "VXLAN networks hand out the overlay MTU"
+        );
+    }
+
+    #[test]
+    fn security_groups_translate_into_the_taps_tables() {
+        use strata_apis::{VmiNicSecurity, VmiSecurityRule};
+        let rule = |cidr: Option<&str>, ports| VmiSecurityRule {
+            protocol: ApiProtocol::TCP,
+            ports,
+            cidr: cidr.map(Into::into),
+            priority: 7,
+            action: RuleAction::Drop,
+        };
+        let mut n = nic("l3", "10.0.0.11", "52:54:00:AA:00:01", flat());
+        n.security = Some(VmiNicSecurity {
+            ingress_rules: vec![rule(
+                Some("10.1.2.3/16"),
+                Some(strata_apis::PortRange { start: 80, end: 90 }),
+            )],
+            egress_rules: vec![rule(Some("10.9.9.9"), None)],
+            default_ingress_policy: RuleAction::Accept,
+            default_egress_policy: RuleAction::Drop,
+            ..Default::default()
+        });
+        let sec = nic_security("st-x", &n).unwrap().unwrap();
+        assert_eq!(sec.tap, "st-x");
+        assert_eq!(sec.mac.as_deref(), Some("52:54:00:aa:00:01"));
+        assert_eq!(sec.ip, Some("10.0.0.11".parse().unwrap()));
+        assert_eq!(
+            sec.ingress,
+            [SgRule {
+                priority: 7,
+                protocol: Protocol::Tcp,
+                ports: Some((80, 90)),
+                cidr: Some("10.1.0.0/16".parse().unwrap()),
+                action: Action::Drop,
+            }]
+        );
+        assert_eq!(sec.egress[0].cidr, Some("10.9.9.9/32".parse().unwrap()));
+        assert_eq!(sec.default_ingress, Action::Accept);
+        assert_eq!(sec.default_egress, Action::Drop);
+
+        // No groups: no table. A rule that cannot be translated: a closed table, reported.
+        let plain = nic("l3", "10.0.0.12", "52:54:00:00:00:02", flat());
+        assert_eq!(nic_security("st-y", &plain), Ok(None));
+        let mut bad = plain.clone();
+        bad.security = Some(VmiNicSecurity {
+            ingress_rules: vec![rule(Some("fe80::/64"), None)],
+            ..Default::default()
+        });
+        assert!(nic_security("st-y", &bad).is_err());
+        let v = vmi("a", vec![n, bad], None);
+        let d = desired(std::slice::from_ref(&v), &NetworkConfig::default());
+        assert_eq!(d.security.len(), 2);
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        let closed = &d.security[&tap(&v, 1)];
+        assert!(closed.ingress.is_empty() && closed.egress.is_empty());
+        assert_eq!(
+            (closed.default_ingress, closed.default_egress),
+            (Action::Drop, Action::Drop)
         );
     }
 
