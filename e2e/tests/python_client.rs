@@ -10,7 +10,7 @@ use support::{repo_file, Strata};
 #[test]
 fn python_dynamic_client_creates_watches_patches_applies_and_deletes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let strata = Strata::start(dir.path(), &[]);
+    let strata = Strata::start(dir.path(), &["--sim-hosts", "1"]);
     let quickstart = repo_file("manifests/examples/quickstart.yaml");
     strata.ok(&["apply", "-f", quickstart.to_str().unwrap()]);
 
