@@ -198,6 +198,11 @@ pub struct VirtualMachineInstanceStatus {
     /// What the hypervisor reports.
     #[serde(default)]
     pub phase: VmiPhase,
+    /// The last lines of the serial console (at most 20 lines and 2 KiB), refreshed every few
+    /// seconds while the domain runs, for consoles and dashboards; the whole log stays on the
+    /// host. Empty for drivers that keep no console log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_tail: Option<String>,
     /// The last `spec.rebootRequest` the agent carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_request: Option<String>,

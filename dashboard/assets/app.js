@@ -9,6 +9,7 @@ const COLLECTIONS = {
   clusters: `${GROUP}/clusters`,
   hosts: `${GROUP}/hosts`,
   vms: `${GROUP}/virtualmachines`,
+  vmis: `${GROUP}/virtualmachineinstances`,
   l3networks: `${GROUP}/l3networks`,
   images: `${GROUP}/images`,
   primarystorages: `${GROUP}/primarystorages`,

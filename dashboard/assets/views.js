@@ -202,7 +202,14 @@ export function vmDetail(s, namespace, name, message) {
       <h3>Volumes</h3>${table(['Name', 'Type', 'Size'], volumes, 'No volumes reported.')}</div>
     </div>
     <h3>Events</h3>${eventsTable(recentEvents(events, 50))}
-    <h3>Serial console</h3><p class="empty">The console log is not served by the API yet.</p>`;
+    <h3>Serial console</h3>${consoleTail(s, namespace, name)}`;
+}
+
+// The agent publishes the end of the serial console in the instance's status.
+function consoleTail(s, namespace, name) {
+  const vmi = (s.vmis || []).find((i) => i.metadata.namespace === namespace && i.metadata.name === name);
+  const tail = vmi?.status?.consoleTail;
+  return tail ? `<pre id="console">${esc(tail)}</pre>` : '<p class="empty">No console output (simulated hosts keep none).</p>';
 }
 
 export function hostList(s) {

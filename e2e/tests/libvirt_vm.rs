@@ -161,6 +161,22 @@ spec:
             .contains(&format!("STRATA-BOOT-MARKER name={domain}"))
     });
     eprintln!("boot marker {:?} after apply", started.elapsed());
+    // The end of the console reaches the API (the dashboard shows it) while the guest runs.
+    strata.eventually("the console tail in the instance's status", BOOT, || {
+        strata
+            .kubectl(&[
+                "get",
+                "vmi",
+                "-n",
+                &ns,
+                "tiny-vm",
+                "-o",
+                "jsonpath={.status.consoleTail}",
+            ])
+            .stdout
+            .windows(b"STRATA-READY".len())
+            .any(|w| w == b"STRATA-READY")
+    });
     let dominfo = String::from_utf8_lossy(&virsh(&["domstate", &domain]).stdout).into_owned();
     assert_eq!(dominfo.trim(), "running");
 

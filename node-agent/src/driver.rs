@@ -7,6 +7,27 @@
 use futures::{future::BoxFuture, stream::BoxStream};
 use strata_apis::{DirectBoot, PowerState, VmiNic};
 
+/// How much of a console log an instance's status carries.
+pub const CONSOLE_TAIL_LINES: usize = 20;
+pub const CONSOLE_TAIL_BYTES: usize = 2048;
+
+/// The last lines of a console log, from its last [`CONSOLE_TAIL_BYTES`] bytes (`window`;
+/// `cut` when the log is longer): at most [`CONSOLE_TAIL_LINES`] whole lines, control
+/// characters dropped.
+pub fn tail_of(window: &[u8], cut: bool) -> String {
+    let text = String::from_utf8_lossy(window);
+    // A cut in the middle of a line leaves a fragment: skip it.
+    let text = match (cut, text.split_once('\n')) {
+        (true, Some((_, rest))) => rest,
+        _ => &text,
+    };
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.chars().filter(|c| !c.is_control()).collect())
+        .collect();
+    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+}
+
 /// A domain as the hypervisor sees it: an instance with every value resolved and parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Domain {
@@ -113,6 +134,34 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// after a restart it can remove those whose instance is gone.
     fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>>;
 
+    /// The end of the domain's serial console log (at most [`CONSOLE_TAIL_LINES`] lines and
+    /// [`CONSOLE_TAIL_BYTES`] bytes); `None` when the driver keeps no log.
+    fn console_tail(&self, _name: &str) -> Option<String> {
+        None
+    }
+
     /// Names of domains whose state changed, as the hypervisor reports it (may repeat).
     fn events(&self) -> BoxStream<'static, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_console_tail_keeps_the_last_whole_lines() {
+        let tail_of_log = |log: &[u8]| {
+            let start = log.len().saturating_sub(CONSOLE_TAIL_BYTES);
+            tail_of(&log[start..], start > 0)
+        };
+        let log: String = (0..100).map(|i| format!("line {i}\r\n")).collect();
+        let tail = tail_of_log(log.as_bytes());
+        let lines: Vec<&str> = tail.lines().collect();
+        assert_eq!(lines.len(), CONSOLE_TAIL_LINES);
+        assert_eq!(lines.first(), Some(&"line 80"));
+        assert_eq!(lines.last(), Some(&"line 99"));
+        let long = format!("{}\nend", "x".repeat(5000));
+        assert_eq!(tail_of_log(long.as_bytes()), "end", "a cut line is dropped");
+        assert_eq!(tail_of_log(b""), "");
+    }
 }

@@ -34,6 +34,8 @@ use crate::{
 /// Re-checks running instances so a domain that died on the hypervisor is started again.
 const RESYNC: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(5);
+/// How often a running instance's console tail is refreshed in its status.
+const CONSOLE_REFRESH: Duration = Duration::from_secs(5);
 
 pub(crate) struct Context {
     pub client: Client,
@@ -129,7 +131,35 @@ async fn apply(
         },
     };
     report(api, vmi, &observed).await?;
-    Ok(Action::requeue(RESYNC))
+    let console = ctx.driver.console_tail(&domain_name(vmi));
+    if observed != Observed::Running || console.is_none() {
+        return Ok(Action::requeue(RESYNC));
+    }
+    report_console(api, vmi, console).await?;
+    // A running guest's console changes: look again soon (patched only when it did).
+    Ok(Action::requeue(CONSOLE_REFRESH))
+}
+
+/// Publishes the end of the serial console in the status, when it changed.
+async fn report_console(
+    api: &Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    console: Option<String>,
+) -> Result<(), Error> {
+    if vmi.status.as_ref().and_then(|s| s.console_tail.as_ref()) == console.as_ref() {
+        return Ok(());
+    }
+    api.patch_status(
+        &vmi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "consoleTail": console } })),
+    )
+    .await
+    .map_err(|source| Error::UpdateStatus {
+        instance: instance_key(vmi),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Carries out a new `spec.rebootRequest` and records it in the status. A domain that was not
@@ -265,8 +295,11 @@ async fn report(
         return Ok(());
     }
     let mut patch = json!(status);
-    // Only reboot_if_asked writes rebootRequest: this status may predate its record.
-    patch.as_object_mut().map(|s| s.remove("rebootRequest"));
+    // Only reboot_if_asked and report_console write these: this status may predate them.
+    if let Some(fields) = patch.as_object_mut() {
+        fields.remove("rebootRequest");
+        fields.remove("consoleTail");
+    }
     api.patch_status(
         &vmi.name_any(),
         &PatchParams::default(),

@@ -382,6 +382,17 @@ impl Hypervisor for LibvirtDriver {
         Box::pin(self.observe(name))
     }
 
+    fn console_tail(&self, name: &str) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut log = std::fs::File::open(self.console_log(name)).ok()?;
+        let len = log.metadata().ok()?.len();
+        let window = crate::driver::CONSOLE_TAIL_BYTES as u64;
+        log.seek(SeekFrom::Start(len.saturating_sub(window))).ok()?;
+        let mut bytes = Vec::new();
+        log.read_to_end(&mut bytes).ok()?;
+        Some(crate::driver::tail_of(&bytes, len > window))
+    }
+
     fn reboot<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             self.lv

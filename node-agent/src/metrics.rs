@@ -237,6 +237,10 @@ impl Hypervisor for TimedDriver {
         self.inner.events()
     }
 
+    fn console_tail(&self, name: &str) -> Option<String> {
+        self.inner.console_tail(name)
+    }
+
     fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(
             self.metrics
