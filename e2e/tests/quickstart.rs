@@ -109,7 +109,12 @@ fn vms_that_cannot_be_placed_stay_created_with_a_reason() {
     let manifest = dir.path().join("pending.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: strata.io/v1alpha1\nkind: InstanceOffering\nmetadata: {name: huge}\n\
+        "apiVersion: strata.io/v1alpha1\nkind: Zone\nmetadata: {name: zone-1}\nspec: {}\n---\n\
+         apiVersion: strata.io/v1alpha1\nkind: L2Network\nmetadata: {name: l2}\n\
+         spec: {zone: zone-1, type: NoVlan, physicalInterface: eth1}\n---\n\
+         apiVersion: strata.io/v1alpha1\nkind: Cluster\nmetadata: {name: cluster-1}\n\
+         spec: {zone: zone-1, l2Networks: [l2]}\n---\n\
+         apiVersion: strata.io/v1alpha1\nkind: InstanceOffering\nmetadata: {name: huge}\n\
          spec: {cpu: 2, memory: 1Ti}\n---\n\
          apiVersion: strata.io/v1alpha1\nkind: Image\nmetadata: {name: tiny}\n\
          spec: {url: 'file:///tiny.qcow2'}\n---\n\
@@ -146,6 +151,16 @@ fn vms_that_cannot_be_placed_stay_created_with_a_reason() {
     };
     strata.eventually("too-big to be Unschedulable", WAIT, || {
         reason("too-big") == "Created/Unschedulable"
+    });
+    // Once the host has connected, memory is what keeps it out, and the message says so.
+    strata.eventually("too-big to be refused for memory", WAIT, || {
+        strata.ok(&[
+            "get",
+            "vm",
+            "too-big",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Scheduled")].message}"#,
+        ]) == "0/1 hosts are available: 1 insufficient memory"
     });
     strata.eventually("lost to miss its network", WAIT, || {
         reason("lost") == "Created/L3NetworkNotFound"
