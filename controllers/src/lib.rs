@@ -16,6 +16,7 @@ mod events;
 mod host;
 mod l3network;
 pub mod metrics;
+mod securitygroup;
 mod vm;
 
 use std::{sync::Arc, time::Duration};
@@ -64,6 +65,7 @@ pub async fn run_with_metrics(
     let hosts = host::controller(&client);
     let vms = vm::controller(&client);
     let l3networks = l3network::controller(&client);
+    let security_groups = securitygroup::controller(&client);
 
     let (vmis, vmi_writer) = reflector::store();
     let (leases, lease_writer) = reflector::store();
@@ -91,7 +93,7 @@ pub async fn run_with_metrics(
         reflect(Api::<IpAddress>::all(client.clone()), ip_writer),
         inventory_feed,
     );
-    let controllers = future::join3(
+    let controllers = future::join4(
         drain(
             "host",
             hosts.run(
@@ -113,6 +115,14 @@ pub async fn run_with_metrics(
             l3networks.run(
                 metrics.instrument("l3network", Metrics::ignore, l3network::reconcile),
                 l3network::error_policy,
+                ctx.clone(),
+            ),
+        ),
+        drain(
+            "securitygroup",
+            security_groups.run(
+                metrics.instrument("securitygroup", Metrics::ignore, securitygroup::reconcile),
+                securitygroup::error_policy,
                 ctx,
             ),
         ),

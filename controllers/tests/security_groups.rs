@@ -308,7 +308,7 @@ async fn wait_vmi_security(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_groups_are_resolved_into_instances_and_follow_rule_changes() {
-    let plane = start(&["host-a"], Duration::from_secs(10)).await;
+    let plane = start(&["host-a", "host-b"], Duration::from_secs(10)).await;
     let client = plane.client.clone();
     inventory(&client).await;
     let groups: Api<SecurityGroup> = Api::namespaced(client.clone(), NS);
@@ -386,6 +386,34 @@ async fn security_groups_are_resolved_into_instances_and_follow_rule_changes() {
         sec.ingress_rules[0].cidr.as_deref(),
         Some(format!("{web_ip}/32").as_str())
     );
+
+    // The group counts its addressed NICs; a new member reaches the rules naming the group.
+    wait_for(&client, "web to count its NIC", || async {
+        let sg = groups.get("web").await.ok()?;
+        (sg.status?.nic_count == Some(1)).then_some(())
+    })
+    .await;
+    create(&vms, vm("vm-web-2", &["web"])).await;
+    let running = wait_phase(&client, "vm-web-2", VmPhase::Running).await;
+    let web_ip_2 = running.status.expect("status").nics[0].ip.clone();
+    let sec = wait_vmi_security(
+        &client,
+        "vm-db",
+        "vm-db's rules with both web members",
+        |s| s.ingress_rules.len() == 2,
+    )
+    .await;
+    let mut cidrs: Vec<String> = sec
+        .ingress_rules
+        .iter()
+        .filter_map(|r| r.cidr.clone())
+        .collect();
+    cidrs.sort();
+    let mut expected = vec![format!("{web_ip}/32"), format!("{web_ip_2}/32")];
+    expected.sort();
+    assert_eq!(cidrs, expected);
+    let sg = groups.get("web").await.expect("get web");
+    assert_eq!(sg.status.and_then(|s| s.nic_count), Some(2));
 
     // A missing group blocks the VM, naming the group; creating it unblocks the VM.
     let message = wait_pending_with(&client, "vm-lost", "SecurityGroupNotFound").await;

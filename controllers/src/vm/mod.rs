@@ -100,6 +100,8 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let (offerings, images, networks, hosts) =
         (store.clone(), store.clone(), store.clone(), store.clone());
     let groups = store.clone();
+    let group_generations = Generations::default();
+    let remote_groups = security::RemoteGroups::default();
     let room_hints = Mutex::new(RoomHints::default());
     let l3_generations = Generations::default();
     vms.owns(
@@ -142,15 +144,20 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     .watches(
         Api::<SecurityGroup>::all(client.clone()),
         watcher::Config::default(),
+        // Its status (`nicCount`) changes with its members, which matters only to the VMs in
+        // groups whose rules name it as `remoteGroup`.
         move |sg| {
-            let (name, namespace) = (sg.name_any(), sg.namespace());
+            let (name, namespace) = (sg.name_any(), sg.namespace().unwrap_or_default());
+            let key = format!("{namespace}/{name}");
+            let new_spec = group_generations.changed(&key, sg.uid(), sg.metadata.generation);
+            let referrers = remote_groups.record(&sg);
             referring(&groups, |vm| {
-                vm.namespace() == namespace
-                    && vm
-                        .spec
-                        .nics
-                        .iter()
-                        .any(|n| n.security_groups.contains(&name))
+                vm.namespace().unwrap_or_default() == namespace
+                    && vm.spec.nics.iter().any(|n| {
+                        n.security_groups
+                            .iter()
+                            .any(|g| (new_spec && *g == name) || referrers.contains(g))
+                    })
             })
         },
     )

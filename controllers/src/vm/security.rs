@@ -3,9 +3,15 @@
 //! The NIC's groups are merged (pure, [`merge`]): their rules are concatenated per direction
 //! and sorted by priority (stable, so equal priorities keep the groups' order), and a default
 //! policy is `Accept` if any group's is. A rule's `remoteGroup` becomes one `/32` rule per
-//! address of the NICs in that group, read from the VM cache at resolve time; a member that
-//! gains or loses an address updates the others on their next reconcile (a change of the
-//! groups themselves wakes them at once).
+//! address of the NICs in that group, read from the VM cache at resolve time. A group's members
+//! joining, leaving or getting their address change its `status.nicCount` (the SecurityGroup
+//! controller), which wakes the VMs in groups naming it ([`RemoteGroups`]); a member whose address
+//! changes without the count changing is picked up on those VMs' next reconcile.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Mutex, PoisonError},
+};
 
 use kube::{Api, ResourceExt};
 use strata_apis::{
@@ -17,6 +23,42 @@ use super::Problem;
 use crate::{Context, Error};
 
 pub(crate) const SECURITY_GROUP_NOT_FOUND: &str = "SecurityGroupNotFound";
+
+/// Which groups' rules name which groups as `remoteGroup`, learned from the SecurityGroup watch,
+/// so a change in a group's members wakes the VMs whose rules list them.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteGroups(Mutex<HashMap<String, BTreeSet<String>>>);
+
+impl RemoteGroups {
+    /// Records `sg`'s remote groups; returns the groups (same namespace) naming `sg` as theirs.
+    pub fn record(&self, sg: &SecurityGroup) -> BTreeSet<String> {
+        let namespace = sg.namespace().unwrap_or_default();
+        let key = |name: &str| format!("{namespace}/{name}");
+        let remotes = sg
+            .spec
+            .ingress_rules
+            .iter()
+            .chain(&sg.spec.egress_rules)
+            .filter_map(|r| r.remote_group.as_deref())
+            .map(key)
+            .collect();
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if sg.metadata.deletion_timestamp.is_some() {
+            seen.remove(&key(&sg.name_any()));
+        } else {
+            seen.insert(key(&sg.name_any()), remotes);
+        }
+        let me = key(&sg.name_any());
+        seen.iter()
+            .filter(|(_, remotes)| remotes.contains(&me))
+            .filter_map(|(group, _)| {
+                group
+                    .strip_prefix(&format!("{namespace}/"))
+                    .map(String::from)
+            })
+            .collect()
+    }
+}
 
 /// The firewall of each of `vm`'s NICs (`None` for a NIC in no group), or the first group
 /// that does not exist.
