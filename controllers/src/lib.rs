@@ -66,6 +66,7 @@ pub async fn run_with_metrics(
     let vms = vm::controller(&client);
     let l3networks = l3network::controller(&client);
     let security_groups = securitygroup::controller(&client);
+    let eips = vm::eip::controller(&client);
 
     let (vmis, vmi_writer) = reflector::store();
     let (leases, lease_writer) = reflector::store();
@@ -93,7 +94,7 @@ pub async fn run_with_metrics(
         reflect(Api::<IpAddress>::all(client.clone()), ip_writer),
         inventory_feed,
     );
-    let controllers = future::join4(
+    let controllers = future::join5(
         drain(
             "host",
             hosts.run(
@@ -123,6 +124,14 @@ pub async fn run_with_metrics(
             security_groups.run(
                 metrics.instrument("securitygroup", Metrics::ignore, securitygroup::reconcile),
                 securitygroup::error_policy,
+                ctx.clone(),
+            ),
+        ),
+        drain(
+            "eip",
+            eips.run(
+                metrics.instrument("eip", Metrics::ignore, vm::eip::reconcile),
+                vm::eip::error_policy,
                 ctx,
             ),
         ),

@@ -2,6 +2,7 @@
 //! addresses and writes the VirtualMachineInstance that the host's agent runs; then mirrors
 //! what the agent reports. Deletion destroys the instance before releasing the addresses.
 
+pub(crate) mod eip;
 mod instance;
 pub(crate) mod inventory;
 mod ipam;
