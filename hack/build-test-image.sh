@@ -115,7 +115,8 @@ if [ -e /sys/class/net/eth0 ] || { sleep 1; [ -e /sys/class/net/eth0 ]; }; then
 fi
 echo "STRATA-LEASE ip=$ip/$mask gw=$router dns=$dns uptime=$(cut -d' ' -f1 /proc/uptime)"
 if [ -n "$ip" ]; then
-  if wget -q -T 5 -O /tmp/user-data http://169.254.169.254/latest/user-data 2>/dev/null; then
+  # Debian's busybox-static wget has no -T (it segfaults on it): busybox timeout bounds it.
+  if timeout 10 wget -q -O /tmp/user-data http://169.254.169.254/latest/user-data 2>/dev/null; then
     echo "STRATA-USERDATA-BEGIN"; cat /tmp/user-data; echo; echo "STRATA-USERDATA-END"
   else
     echo "STRATA-USERDATA-NONE"

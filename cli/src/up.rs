@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_apis::HostCapacity;
+use strata_node_agent::network::{HostNetwork, NetworkConfig};
 use strata_node_agent::{Agent, AgentConfig, LibvirtConfig, LibvirtDriver, SimDriver};
 use tokio::sync::watch;
 
@@ -30,6 +31,10 @@ pub struct UpArgs {
     /// Name of this machine's Host with the libvirt driver (default: its hostname).
     #[arg(long)]
     pub host_name: Option<String>,
+    /// This host's VXLAN tunnel endpoint with the libvirt driver: the local address VXLAN L2
+    /// networks send from. The default keeps VXLAN traffic on the loopback (a single host).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub vtep: std::net::Ipv4Addr,
     /// Number of simulated hosts to run (named sim-host-1, sim-host-2, ...); 1 unless given.
     #[arg(long)]
     pub sim_hosts: Option<usize>,
@@ -115,6 +120,7 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
         name: args.host_name.clone().unwrap_or_else(machine_hostname),
         cluster: args.sim_cluster.clone(),
         state_dir: args.data_dir.join("agent"),
+        vtep: args.vtep,
     });
     let plane = start_with_libvirt(
         ControlPlaneOptions {
@@ -159,8 +165,11 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
 pub struct LibvirtHost {
     pub name: String,
     pub cluster: String,
-    /// The agent's records, console logs and primary storage.
+    /// The agent's records, console logs and primary storage; the network driver's dnsmasq
+    /// files go to `network/` in it.
     pub state_dir: PathBuf,
+    /// This host's VXLAN tunnel endpoint.
+    pub vtep: std::net::Ipv4Addr,
 }
 
 fn machine_hostname() -> String {
@@ -311,8 +320,19 @@ pub async fn start_with_libvirt(
             cluster: host.cluster,
             capacity: strata_node_agent::host_capacity(),
             heartbeat_interval: opts.heartbeat,
-            // Not wired to the host network yet (AgentConfig.network).
-            network: None,
+            // Bridges, L3 namespaces (scoped by host name, so several `strata up` on one
+            // machine keep apart), DHCP and metadata for the instances' NICs.
+            network: Some(Arc::new(HostNetwork::new(NetworkConfig {
+                driver: strata_network::DriverConfig {
+                    host_netns: None,
+                    scope: host.name.clone(),
+                    state_dir: host.state_dir.join("network"),
+                },
+                vtep: Some(host.vtep),
+                vtep_peers: vec![],
+                vxlan_underlay: None,
+                metadata: true,
+            }))),
         };
         let agent = Agent::new(client.clone(), config, Arc::new(driver))
             .with_metrics(agent_metrics.clone());
