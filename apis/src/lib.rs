@@ -61,7 +61,7 @@ pub use vm::{
 };
 pub use vmi::{
     PowerState, VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
-    VmiL2Network, VmiNic, VmiNicSecurity, VmiPhase, VmiSecurityRule,
+    VmiEip, VmiL2Network, VmiNic, VmiNicSecurity, VmiPhase, VmiSecurityRule,
 };
 pub use volume::{Volume, VolumeSpec, VolumeStatus, VolumeType};
 pub use volumesnapshot::{VolumeSnapshot, VolumeSnapshotSpec, VolumeSnapshotStatus};

@@ -104,6 +104,30 @@ pub struct VmiNic {
     /// is in no SecurityGroup (all traffic passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<VmiNicSecurity>,
+    /// The Eip bound to the NIC, once it has a VIP: the host NATs the VIP one-to-one to the
+    /// NIC's address, through the Public L3 network's bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eip: Option<VmiEip>,
+}
+
+/// An Eip as the host programs it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiEip {
+    /// Name of the Eip.
+    pub name: String,
+    /// The public address.
+    pub vip: String,
+    /// The Public L3Network the VIP is on.
+    pub l3_network: String,
+    /// Prefix length of the public subnet.
+    pub prefix_length: u8,
+    /// The public subnet's gateway, the default route of NATed traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The L2 network the Public L3 network lives on, as the host must build it.
+    #[serde(default)]
+    pub l2: VmiL2Network,
 }
 
 /// The union of a NIC's SecurityGroups, as the host's firewall applies it. Replies to allowed

@@ -15,8 +15,8 @@ use kube::{
 use strata_apis::{
     condition::READY, Cluster, ClusterSpec, Eip, EipSpec, Host, HostCapacity, Image, ImageSpec,
     InstanceOffering, InstanceOfferingSpec, IpAddress, IpRange, L2Network, L2NetworkSpec,
-    L3Category, L3Network, L3NetworkSpec, RunStrategy, VirtualMachine, VirtualMachineSpec, VmNic,
-    VmNicRef, VmPhase, Zone, ZoneSpec,
+    L3Category, L3Network, L3NetworkSpec, RunStrategy, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineSpec, VmNic, VmNicRef, VmPhase, Zone, ZoneSpec,
 };
 use strata_controllers::ControllerOptions;
 use strata_node_agent::{Agent, AgentConfig, SimDriver};
@@ -330,6 +330,26 @@ async fn an_eip_takes_a_public_vip_reports_its_nic_and_releases_the_vip() {
         .expect("the VIP is an IpAddress");
     assert_eq!(held.spec.owner, format!("{NS}/eip-1"));
 
+    // The VM's instance carries the Eip, with the Public network as the host builds it.
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), NS);
+    let carried = wait_for(&client, "vm-1's instance to carry its Eip", || async {
+        vmis.get_opt("vm-1")
+            .await
+            .ok()??
+            .spec
+            .nics
+            .first()?
+            .eip
+            .clone()
+    })
+    .await;
+    assert_eq!(carried.name, "eip-1");
+    assert_eq!(carried.vip, vip.to_string());
+    assert_eq!(carried.l3_network, "public-1");
+    assert_eq!(carried.prefix_length, 24);
+    assert_eq!(carried.gateway.as_deref(), Some("203.0.113.1"));
+    assert_eq!(carried.l2.name, "l2-1");
+
     // Unbound with a static VIP; on a network that is not Public, refused.
     let eip = wait_eip(&client, "eip-static", "Unbound").await;
     assert_eq!(
@@ -348,6 +368,11 @@ async fn an_eip_takes_a_public_vip_reports_its_nic_and_releases_the_vip() {
         let gone = ips.get_opt(&name).await.ok()?.is_none();
         let eip_gone = eips.get_opt("eip-1").await.ok()?.is_none();
         (gone && eip_gone).then_some(())
+    })
+    .await;
+    wait_for(&client, "vm-1's instance to lose its Eip", || async {
+        let vmi = vmis.get_opt("vm-1").await.ok()??;
+        vmi.spec.nics.first()?.eip.is_none().then_some(())
     })
     .await;
 }

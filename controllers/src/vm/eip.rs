@@ -3,7 +3,12 @@
 //! itself is not programmed yet: nothing carries the Eip into the instance, so `Ready` stays
 //! False with a reason saying how far the Eip got.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -19,7 +24,8 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     condition::{LABEL_L3_NETWORK, READY},
-    Eip, EipStatus, IpAddress, IpAddressSpec, L3Category, L3Network, VirtualMachine,
+    Eip, EipStatus, IpAddress, IpAddressSpec, L3Category, L3Network, VirtualMachine, VmNicRef,
+    VmiEip,
 };
 
 use super::ipam::{self, LABEL_OWNER_UID};
@@ -303,15 +309,7 @@ async fn bind(eip: &Eip, ctx: &Context, mut outcome: Outcome) -> Result<Outcome,
         );
         return Ok(outcome);
     };
-    let index = match &nic.l3_network {
-        Some(l3) => vm.spec.nics.iter().position(|n| n.l3_network == *l3),
-        None => vm
-            .spec
-            .nics
-            .iter()
-            .position(|n| n.default == Some(true))
-            .or((!vm.spec.nics.is_empty()).then_some(0)),
-    };
+    let index = nic_index(&vm, nic);
     let status = vm.status.unwrap_or_default();
     outcome.guest_ip = index
         .and_then(|i| status.nics.get(i))
@@ -342,6 +340,93 @@ async fn bind(eip: &Eip, ctx: &Context, mut outcome: Outcome) -> Result<Outcome,
         ),
     };
     Ok(outcome)
+}
+
+/// The VM each Eip was last bound to, so unbinding wakes the VM it leaves.
+#[derive(Debug, Default)]
+pub(crate) struct Bindings(Mutex<HashMap<String, String>>);
+
+impl Bindings {
+    /// Records `eip`'s binding; returns the VMs to wake (the new one and the one it left).
+    pub fn record(&self, eip: &Eip) -> Vec<ObjectRef<VirtualMachine>> {
+        let namespace = eip.namespace().unwrap_or_default();
+        let now = eip.spec.vm_nic.as_ref().map(|n| n.virtual_machine.clone());
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = match &now {
+            Some(vm) => seen.insert(key(eip), vm.clone()),
+            None => seen.remove(&key(eip)),
+        };
+        let mut vms: Vec<String> = now.into_iter().chain(before).collect();
+        vms.dedup();
+        vms.iter()
+            .map(|vm| ObjectRef::new(vm).within(&namespace))
+            .collect()
+    }
+}
+
+/// The index of the NIC `nic` names in `vm`: the one on its L3 network, else the default NIC.
+pub(crate) fn nic_index(vm: &VirtualMachine, nic: &VmNicRef) -> Option<usize> {
+    match &nic.l3_network {
+        Some(l3) => vm.spec.nics.iter().position(|n| n.l3_network == *l3),
+        None => vm
+            .spec
+            .nics
+            .iter()
+            .position(|n| n.default == Some(true))
+            .or((!vm.spec.nics.is_empty()).then_some(0)),
+    }
+}
+
+/// The Eip of each of `vm`'s NICs: those bound to it that have a VIP, with their Public
+/// network as the host must build it. An Eip whose network cannot be resolved is left out (the
+/// VM runs without it; its Eip status says why).
+pub(crate) async fn resolve(
+    ctx: &Context,
+    vm: &VirtualMachine,
+) -> Result<Vec<Option<VmiEip>>, Error> {
+    let namespace = vm.namespace().unwrap_or_default();
+    let bound = Api::<Eip>::namespaced(ctx.client.clone(), &namespace)
+        .list(
+            &ListParams::default().fields(&format!("spec.vmNic.virtualMachine={}", vm.name_any())),
+        )
+        .await
+        .map_err(|source| Error::List {
+            kind: "Eip",
+            owner: super::vm_key(vm),
+            source,
+        })?;
+    let mut out = vec![None; vm.spec.nics.len()];
+    let mut eips = bound.items;
+    eips.sort_by_key(|e| e.name_any());
+    for eip in eips {
+        if eip.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let (Some(nic), Some(vip)) = (
+            eip.spec.vm_nic.as_ref(),
+            eip.status.as_ref().and_then(|s| s.vip.clone()),
+        ) else {
+            continue;
+        };
+        let Some(slot) = nic_index(vm, nic).and_then(|i| out.get_mut(i)) else {
+            continue;
+        };
+        if slot.is_some() {
+            continue;
+        }
+        let Ok(network) = super::resolve_network(ctx, &eip.spec.l3_network).await? else {
+            continue;
+        };
+        *slot = Some(VmiEip {
+            name: eip.name_any(),
+            vip,
+            l3_network: network.name.clone(),
+            prefix_length: network.subnet.net.prefix_len(),
+            gateway: Some(network.subnet.gateway.to_string()),
+            l2: network.l2,
+        });
+    }
+    Ok(out)
 }
 
 /// Deletes the IpAddress objects the Eip holds.

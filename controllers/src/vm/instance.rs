@@ -36,6 +36,7 @@ pub(crate) fn build(
             dns_domain: network.dns_domain.clone(),
             l2: network.l2.clone(),
             security: resolved.security.get(i).cloned().flatten(),
+            eip: resolved.eips.get(i).cloned().flatten(),
         })
         .collect();
     VirtualMachineInstance {

@@ -101,6 +101,7 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let (offerings, images, networks, hosts) =
         (store.clone(), store.clone(), store.clone(), store.clone());
     let groups = store.clone();
+    let l2_waiters = store.clone();
     let group_generations = Generations::default();
     let remote_groups = security::RemoteGroups::default();
     let room_hints = Mutex::new(RoomHints::default());
@@ -137,6 +138,24 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
             }
             referring(&networks, |vm| {
                 vm.spec.nics.iter().any(|n| n.l3_network == name)
+            })
+        },
+    )
+    // A VXLAN network's VNI arrives in its status after the VMs on it were first seen; VMs
+    // waiting for an L2 network try again when any L2 network changes.
+    .watches(
+        Api::<L2Network>::all(client.clone()),
+        watcher::Config::default(),
+        move |_| {
+            referring(&l2_waiters, |vm| {
+                vm.status
+                    .as_ref()
+                    .and_then(|s| {
+                        s.conditions
+                            .iter()
+                            .find(|c| c.type_ == strata_apis::condition::READY)
+                    })
+                    .is_some_and(|c| c.reason.starts_with("L2Network"))
             })
         },
     )
