@@ -3,7 +3,8 @@
 //! All business logic lives here rather than in the node agents (ZStack's lesson): the VM
 //! controller places VMs, allocates their addresses and writes the fully resolved
 //! VirtualMachineInstance that a host's agent runs; the host controller turns Lease heartbeats
-//! into host state; the L3Network controller validates networks and counts their addresses.
+//! into host state; the L2Network controller gives VXLAN networks a VNI from their pool; the
+//! L3Network controller validates networks and counts their addresses.
 //!
 //! Reconcilers follow one shape: fetch → validate → build (pure) → apply → update status.
 //! The pure parts (scheduling, address choice, MACs, conditions, phases) are plain functions
@@ -14,6 +15,7 @@ mod context;
 mod error;
 mod events;
 mod host;
+mod l2network;
 mod l3network;
 pub mod metrics;
 mod securitygroup;
@@ -64,6 +66,7 @@ pub async fn run_with_metrics(
 ) -> Result<(), Error> {
     let hosts = host::controller(&client);
     let vms = vm::controller(&client);
+    let l2networks = l2network::controller(&client);
     let l3networks = l3network::controller(&client);
     let security_groups = securitygroup::controller(&client);
     let eips = vm::eip::controller(&client);
@@ -111,12 +114,22 @@ pub async fn run_with_metrics(
                 ctx.clone(),
             ),
         ),
-        drain(
-            "l3network",
-            l3networks.run(
-                metrics.instrument("l3network", Metrics::ignore, l3network::reconcile),
-                l3network::error_policy,
-                ctx.clone(),
+        future::join(
+            drain(
+                "l2network",
+                l2networks.run(
+                    metrics.instrument("l2network", Metrics::ignore, l2network::reconcile),
+                    l2network::error_policy,
+                    ctx.clone(),
+                ),
+            ),
+            drain(
+                "l3network",
+                l3networks.run(
+                    metrics.instrument("l3network", Metrics::ignore, l3network::reconcile),
+                    l3network::error_policy,
+                    ctx.clone(),
+                ),
             ),
         ),
         drain(

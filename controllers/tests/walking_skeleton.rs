@@ -557,3 +557,84 @@ async fn a_paused_vm_keeps_its_domain_and_resumes_without_a_boot() {
         "resumed, not rebooted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_networks_get_distinct_vnis_and_their_vms_run() {
+    use strata_apis::{vxlanpool::VniRange, L2NetworkType, VxlanPool, VxlanPoolSpec};
+    let plane = start(&["host-v"], Duration::from_millis(500)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let l2s: Api<L2Network> = Api::all(client.clone());
+    let vxlan = |name: &str| {
+        L2Network::new(
+            name,
+            L2NetworkSpec {
+                zone: "zone-1".into(),
+                network_type: L2NetworkType::Vxlan,
+                vxlan_pool: Some("pool-1".into()),
+                ..L2NetworkSpec::default()
+            },
+        )
+    };
+    // The VM's network exists before its pool: the VM waits, then runs once a VNI is given.
+    create(&l2s, vxlan("vx-a")).await;
+    create(&l2s, vxlan("vx-b")).await;
+    let net = L3NetworkSpec {
+        l2_network: "vx-a".into(),
+        cidr: "10.30.0.0/24".into(),
+        gateway: "10.30.0.1".into(),
+        ip_ranges: vec![IpRange {
+            start: "10.30.0.10".into(),
+            end: "10.30.0.20".into(),
+        }],
+        ..L3NetworkSpec::default()
+    };
+    create(&Api::all(client.clone()), L3Network::new("net-vx", net)).await;
+    Api::<Cluster>::all(client.clone())
+        .patch(
+            "cluster-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"l2Networks": ["l2-1", "vx-a"]}})),
+        )
+        .await
+        .expect("attach the VXLAN network");
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    create(&vms, vm("vm-vx", "small", "net-vx")).await;
+    wait_pending_with(&client, "vm-vx", "L2NetworkNotReady").await;
+
+    let pool = VxlanPoolSpec {
+        zone: "zone-1".into(),
+        vni_range: VniRange {
+            start: 5000,
+            end: 5001,
+        },
+        vtep_cidr: "192.168.100.0/24".into(),
+        port: 4789,
+    };
+    create(&Api::all(client.clone()), VxlanPool::new("pool-1", pool)).await;
+    let vnis = wait_for(&client, "both networks to have a VNI", || async {
+        let a = l2s.get("vx-a").await.ok()?.status?.vni?;
+        let b = l2s.get("vx-b").await.ok()?.status?.vni?;
+        Some([a, b])
+    })
+    .await;
+    let mut sorted = vnis;
+    sorted.sort_unstable();
+    assert_eq!(sorted, [5000, 5001], "distinct VNIs from the pool's range");
+
+    // The pool is now full: a third network waits with a reason.
+    create(&l2s, vxlan("vx-c")).await;
+    wait_for(&client, "vx-c to report an exhausted pool", || async {
+        let status = l2s.get("vx-c").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == READY)?;
+        (ready.reason == "VniExhausted").then_some(())
+    })
+    .await;
+
+    wait_phase(&client, "vm-vx", VmPhase::Running).await;
+    let vmi = Api::<VirtualMachineInstance>::namespaced(client.clone(), NS)
+        .get("vm-vx")
+        .await
+        .expect("instance");
+    assert_eq!(vmi.spec.nics[0].l2.vni, Some(vnis[0]));
+}
