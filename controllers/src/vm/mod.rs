@@ -93,6 +93,8 @@ pub(crate) struct Resolved {
     pub networks: Vec<Network>,
     /// Each NIC's firewall, from its SecurityGroups (`None` for a NIC in none).
     pub security: Vec<Option<strata_apis::VmiNicSecurity>>,
+    /// Each NIC's Eip, once it has a VIP.
+    pub eips: Vec<Option<strata_apis::VmiEip>>,
 }
 
 pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
@@ -103,6 +105,7 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let groups = store.clone();
     let l2_waiters = store.clone();
     let group_generations = Generations::default();
+    let eip_bindings = eip::Bindings::default();
     let remote_groups = security::RemoteGroups::default();
     let room_hints = Mutex::new(RoomHints::default());
     let l3_generations = Generations::default();
@@ -180,6 +183,12 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
                     })
             })
         },
+    )
+    // An Eip's VIP or binding is resolved into the instance of the VM it is (or was) bound to.
+    .watches(
+        Api::<strata_apis::Eip>::all(client.clone()),
+        watcher::Config::default(),
+        move |e| eip_bindings.record(&e),
     )
     .watches(
         Api::<Host>::all(client.clone()),
@@ -577,6 +586,7 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
         strategy,
         networks,
         security,
+        eips: eip::resolve(ctx, vm).await?,
     }))
 }
 
