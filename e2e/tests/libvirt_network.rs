@@ -3,7 +3,9 @@
 //! dnsmasq and the metadata service, and plugs each VM's tap into the bridge. Two test guests
 //! applied with kubectl boot, get from DHCP exactly the address the controllers allocated (their
 //! serial consoles show the lease) and read their user data from 169.254.169.254; both answer
-//! ping and HTTP from the L3's namespace. Deleting the VMs removes the domains and the taps.
+//! ping and HTTP from the L3's namespace. A security-group rule that drops ICMP into vm-b stops
+//! its ping (not its HTTP, not vm-a's ping) and removing the rule restores it. Deleting the VMs
+//! removes the domains and the taps.
 
 mod support;
 
@@ -51,6 +53,8 @@ struct HostGuard {
     bridges: RefCell<Vec<String>>,
     /// Host ends of the veths into the L3 namespaces: each has a bridge-family nft table.
     l3_veths: RefCell<Vec<String>>,
+    /// The VMs' taps: a NIC in a security group has a bridge-family nft table.
+    taps: RefCell<Vec<String>>,
 }
 
 impl HostGuard {
@@ -98,6 +102,10 @@ impl Drop for HostGuard {
             if link_exists(br) {
                 let _ = run("ip", &["link", "del", br]);
             }
+        }
+        for tap in self.taps.borrow().iter() {
+            let table = format!("strata_sg_{}", tap.replace('-', "_"));
+            let _ = run("nft", &["delete", "table", "bridge", &table]);
         }
         for veth in self.l3_veths.borrow().iter() {
             let table = format!("strata_l3_{}", veth.replace('-', "_"));
@@ -153,6 +161,7 @@ fn vms_on_a_real_l3_network_get_their_lease_and_user_data() {
         network_dir: Some(dir.path().join("agent/network")),
         bridges: RefCell::default(),
         l3_veths: RefCell::default(),
+        taps: RefCell::default(),
     };
     let host = format!("e2e-net-{pid}");
     let strata = Strata::start(dir.path(), &["--driver", "libvirt", "--host-name", &host]);
@@ -232,7 +241,21 @@ spec:
 "#,
         img = image.display()
     );
+    // vm-b's NIC is in a security group that lets everything in until the test adds a rule.
+    manifest.push_str(&format!(
+        r#"---
+apiVersion: strata.io/v1alpha1
+kind: SecurityGroup
+metadata:
+  name: open
+  namespace: {ns}
+spec:
+  defaultIngressPolicy: Accept
+  defaultEgressPolicy: Accept
+"#
+    ));
     for vm in vms {
+        let groups = if vm == "vm-b" { "[open]" } else { "[]" };
         manifest.push_str(&format!(
             r#"---
 apiVersion: strata.io/v1alpha1
@@ -244,7 +267,7 @@ spec:
   instanceOffering: tiny
   image: strata-test-guest
   nics:
-    - {{l3Network: {l3}, default: true}}
+    - {{l3Network: {l3}, default: true, securityGroups: {groups}}}
   userData: |
     user-data-of-{vm}-{pid}
 "#
@@ -283,6 +306,7 @@ spec:
         assert!(ip.starts_with("10.99.0."), "{vm} has IP {ip:?}");
         let (tap, bridge) = domain_interface(domain).expect("the domain has a bridged NIC");
         guard.bridges.borrow_mut().push(bridge.clone());
+        guard.taps.borrow_mut().push(tap.clone());
         assert!(tap.starts_with("st-"), "tap {tap}");
         assert!(bridge.starts_with("sb-"), "bridge {bridge}");
         taps.push((tap, bridge));
@@ -366,6 +390,54 @@ spec:
             started.elapsed()
         );
     }
+
+    // A rule that drops ICMP into vm-b's group stops the ping (vm-a, in no group, still
+    // answers); removing the rule restores it.
+    let ping = |ip: &str| {
+        run("ip", &["netns", "exec", l3ns, "ping", "-c1", "-W2", ip])
+            .status
+            .success()
+    };
+    let rules = |rules: &str| {
+        strata.ok(&[
+            "patch",
+            "-n",
+            &ns,
+            "securitygroup",
+            "open",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"ingressRules":{rules}}}}}"#),
+        ]);
+    };
+    rules(r#"[{"protocol":"ICMP","cidr":"0.0.0.0/0","action":"Drop","priority":1}]"#);
+    let changed = Instant::now();
+    strata.eventually("the ICMP drop rule to stop vm-b's ping", BOOT, || {
+        !ping(&ips[1])
+    });
+    eprintln!("ICMP dropped {:?} after the rule", changed.elapsed());
+    assert!(ping(&ips[0]), "vm-a is in no group and still answers");
+    let vm_b_http = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            l3ns,
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            &format!("http://{}/", ips[1]),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&vm_b_http.stdout).contains("hello from"),
+        "only ICMP is dropped: vm-b still serves HTTP"
+    );
+    rules("[]");
+    let changed = Instant::now();
+    strata.eventually("vm-b to answer ping again", BOOT, || ping(&ips[1]));
+    eprintln!("ICMP restored {:?} after the rule went", changed.elapsed());
 
     for vm in vms {
         strata.ok(&["delete", "-n", &ns, "vm", vm, "--timeout=120s"]);
