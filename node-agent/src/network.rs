@@ -10,7 +10,13 @@
 //!
 //! What is not in the instance spec yet, and comes from the agent's configuration: this host's
 //! VTEP address and the peer VTEPs of VXLAN networks (the control plane does not publish them yet),
-//! and EIPs and port forwarding (not resolved into the instance yet).
+//! and port forwarding (not resolved into the instance yet).
+//!
+//! EIPs come resolved in each NIC (`VmiNic.eip`, with the Public L3's prefix, gateway and L2): the
+//! public L2's bridge is built like any other, and each private L3 with EIPs gets the driver's NAT
+//! (a veth from its namespace into the public bridge, 1:1 DNAT/SNAT). NAT the agent applied and no
+//! instance wants any more is removed; after an agent restart, leftover NAT goes with its L3
+//! namespace.
 //!
 //! Security groups come resolved in each NIC (`VmiNic.security`): [`nic_security`] translates them
 //! into the driver's per-tap table, applied on every sync (so before the domain plugs its tap) and
@@ -26,11 +32,11 @@ use kube::runtime::reflector::Store;
 use kube::ResourceExt;
 use strata_apis::{
     securitygroup::{Protocol as ApiProtocol, RuleAction},
-    L2NetworkType, VirtualMachineInstance, VmiNic, VmiSecurityRule,
+    L2NetworkType, VirtualMachineInstance, VmiEip, VmiNic, VmiSecurityRule,
 };
 use strata_network::{
-    names, Action, InstanceMetadata, L2Spec, L2Type, L3Spec, Lease, MetadataServer, NetworkDriver,
-    NicSecurity, Protocol, SgRule,
+    names, Action, Eip, InstanceMetadata, L2Spec, L2Type, L3Spec, Lease, MetadataServer, NatSpec,
+    NetworkDriver, NicSecurity, Protocol, PublicUplink, SgRule,
 };
 use tracing::{info, warn};
 
@@ -59,6 +65,8 @@ pub struct HostNetworks {
     pub metadata: BTreeMap<String, HashMap<Ipv4Addr, InstanceMetadata>>,
     /// By tap: the firewall of each NIC in a security group.
     pub security: BTreeMap<String, NicSecurity>,
+    /// By private L3 name: the EIPs NATed from its namespace.
+    pub nat: BTreeMap<String, NatSpec>,
     /// NICs that could not be planned, with why (reported, the rest goes ahead).
     pub problems: Vec<String>,
 }
@@ -201,6 +209,34 @@ pub fn nic_security(tap: &str, nic: &VmiNic) -> Result<Option<NicSecurity>, Stri
     }))
 }
 
+/// The public L2 an EIP needs, its uplink and the VIP (pure).
+fn eip_plan(eip: &VmiEip, cfg: &NetworkConfig) -> Result<(L2Spec, PublicUplink, Ipv4Addr), String> {
+    let l2 = l2_spec(
+        &VmiNic {
+            l2: eip.l2.clone(),
+            ..VmiNic::default()
+        },
+        cfg,
+    )?;
+    let vip: Ipv4Addr = eip
+        .vip
+        .parse()
+        .map_err(|_| format!("VIP {:?} is not IPv4", eip.vip))?;
+    let gateway = match &eip.gateway {
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| format!("gateway {g:?} is not IPv4"))?,
+        ),
+        None => None,
+    };
+    let uplink = PublicUplink {
+        bridge: l2.bridge(),
+        cidr: ipnet_of(vip, eip.prefix_length)?,
+        gateway,
+    };
+    Ok((l2, uplink, vip))
+}
+
 fn ipnet_of(ip: Ipv4Addr, prefix: u8) -> Result<ipnet::Ipv4Net, String> {
     ipnet::Ipv4Net::new(ip, prefix)
         .map(|n| n.trunc())
@@ -248,6 +284,24 @@ pub fn desired(vmis: &[Arc<VirtualMachineInstance>], cfg: &NetworkConfig) -> Hos
                 }
             };
             let ip: Ipv4Addr = nic.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+            if let Some(eip) = &nic.eip {
+                match eip_plan(eip, cfg) {
+                    Ok((public_l2, uplink, vip)) => {
+                        let nat = out.nat.entry(l3.name.clone()).or_insert_with(|| NatSpec {
+                            l3: l3.name.clone(),
+                            public: uplink,
+                            eips: vec![],
+                            port_forwards: vec![],
+                        });
+                        nat.eips.push(Eip {
+                            vip,
+                            private_ip: ip,
+                        });
+                        out.l2.entry(public_l2.name.clone()).or_insert(public_l2);
+                    }
+                    Err(e) => out.problems.push(format!("{who}: Eip {}: {e}", eip.name)),
+                }
+            }
             out.l2.entry(l2.name.clone()).or_insert(l2);
             let entry = out.l3.entry(l3.name.clone()).or_insert(l3);
             entry.leases.push(Lease {
@@ -279,8 +333,9 @@ pub struct HostNetwork {
     /// The agent's instance store, once attached: the full view a sync needs (an L3's hosts
     /// file holds every lease on this host, not just the instance being reconciled).
     store: Mutex<Option<Store<VirtualMachineInstance>>>,
-    /// One sync at a time: an orphan sweep must not race an ensure.
-    syncing: tokio::sync::Mutex<()>,
+    /// One sync at a time: an orphan sweep must not race an ensure. Holds the NAT applied, by
+    /// private L3, with its public bridge (to remove it once no instance wants it).
+    syncing: tokio::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for HostNetwork {
@@ -327,17 +382,23 @@ impl HostNetwork {
     /// Makes the host's networks match the instances and removes the rest. Errors are logged per
     /// network so that one broken network does not hold back the others.
     pub async fn sync(&self, vmis: &[Arc<VirtualMachineInstance>]) -> Synced {
-        let _one = self.syncing.lock().await;
+        let mut nat_applied = self.syncing.lock().await;
         let want = desired(vmis, &self.config);
         for p in &want.problems {
             warn!(problem = %p, "cannot plan a NIC's network");
         }
         let driver = self.driver.clone();
         let plan = want.clone();
+        let previous = nat_applied.clone();
         // The driver runs short commands synchronously.
-        let ready_l3 = tokio::task::spawn_blocking(move || apply(&driver, &plan))
-            .await
-            .unwrap_or_default();
+        let (ready_l3, nat) = tokio::task::spawn_blocking(move || {
+            let ready = apply(&driver, &plan);
+            let nat = apply_nat(&driver, &plan, &ready, &previous);
+            (ready, nat)
+        })
+        .await
+        .unwrap_or_else(|_| (Vec::new(), nat_applied.clone()));
+        *nat_applied = nat;
         if self.config.metadata {
             self.sync_metadata(&want, &ready_l3);
         }
@@ -396,6 +457,41 @@ impl HostNetwork {
             tokio::time::sleep(period).await;
         }
     }
+}
+
+/// Ensures the planned NAT of the L3 networks that are up (and whose public bridge is), removes NAT
+/// applied before and no longer planned; returns the NAT now applied (private L3 → public bridge).
+fn apply_nat(
+    driver: &NetworkDriver,
+    want: &HostNetworks,
+    ready_l3: &[String],
+    previous: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut applied = BTreeMap::new();
+    for (l3, nat) in &want.nat {
+        if !ready_l3.contains(l3) {
+            continue;
+        }
+        match driver.ensure_nat(nat) {
+            Ok(()) => {
+                applied.insert(l3.clone(), nat.public.bridge.clone());
+            }
+            Err(e) => warn!(l3 = %l3, error = %e, "failed to program the L3 network's EIPs"),
+        }
+    }
+    for (l3, bridge) in previous {
+        let wanted = want.nat.get(l3).map(|n| &n.public.bridge) == Some(bridge);
+        if wanted && !applied.contains_key(l3) {
+            // Failed this time: still ours to retry or remove.
+            applied.insert(l3.clone(), bridge.clone());
+        } else if !wanted {
+            match driver.remove_nat(l3, bridge) {
+                Ok(()) => info!(l3 = %l3, "removed EIP NAT no instance here wants"),
+                Err(e) => warn!(l3 = %l3, error = %e, "failed to remove EIP NAT"),
+            }
+        }
+    }
+    applied
 }
 
 /// Ensures every planned network, then removes Strata networks that are not planned. Returns the
@@ -640,6 +736,47 @@ mod tests {
         assert_eq!(
             (closed.default_ingress, closed.default_egress),
             (Action::Drop, Action::Drop)
+        );
+    }
+
+    #[test]
+    fn an_eip_plans_its_public_l2_and_the_nat_of_its_private_l3() {
+        let public = VmiL2Network {
+            name: "pub".into(),
+            network_type: L2NetworkType::NoVlan,
+            physical_interface: Some("eth2".into()),
+            ..Default::default()
+        };
+        let mut n = nic("l3", "10.0.0.11", "52:54:00:00:00:01", flat());
+        n.eip = Some(strata_apis::VmiEip {
+            name: "e1".into(),
+            vip: "203.0.113.7".into(),
+            l3_network: "public-1".into(),
+            prefix_length: 24,
+            gateway: Some("203.0.113.1".into()),
+            l2: public,
+        });
+        let mut bad = nic("l3", "10.0.0.12", "52:54:00:00:00:02", flat());
+        bad.eip = n.eip.clone().map(|mut e| {
+            e.vip = "not-an-ip".into();
+            e
+        });
+        let d = desired(
+            &[vmi("a", vec![n], None), vmi("b", vec![bad], None)],
+            &NetworkConfig::default(),
+        );
+        assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+        assert!(d.l2.contains_key("pub") && d.l2.contains_key("flat"));
+        let nat = &d.nat["l3"];
+        assert_eq!(nat.public.bridge, names::bridge("pub"));
+        assert_eq!(nat.public.cidr.to_string(), "203.0.113.0/24");
+        assert_eq!(nat.public.gateway, Some("203.0.113.1".parse().unwrap()));
+        assert_eq!(
+            nat.eips,
+            [Eip {
+                vip: "203.0.113.7".parse().unwrap(),
+                private_ip: "10.0.0.11".parse().unwrap(),
+            }]
         );
     }
 
