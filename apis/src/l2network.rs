@@ -91,6 +91,10 @@ pub struct L2NetworkStatus {
     /// The VNI allocated from the pool, for `Vxlan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vni: Option<i32>,
+    /// The VXLAN tunnel endpoints, for `Vxlan`: the management addresses of the hosts of every
+    /// cluster the network is attached to. Each host's agent tunnels to all the others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vteps: Vec<String>,
     /// `Ready` is True once every attached host has the bridge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

@@ -1,17 +1,25 @@
 //! L2Network controller: gives a VXLAN network a VNI from its pool, as ZStack's VXLAN pool
 //! does, and reports it in `status.vni`; the VM controller waits for it before it can describe
-//! the network to a host. Other network types only report Ready.
+//! the network to a host. It also publishes the network's tunnel endpoints (`status.vteps`:
+//! the management addresses of the hosts of the clusters it is attached to), from which each
+//! agent builds its VXLAN peers. Other network types only report Ready.
 
 use std::{collections::BTreeSet, sync::Arc};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     api::{ListParams, Patch, PatchParams},
-    runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher, Controller,
+    },
     Api, Client, ResourceExt,
 };
 use serde_json::json;
-use strata_apis::{condition::READY, vxlanpool::VniRange, L2Network, L2NetworkType, VxlanPool};
+use strata_apis::{
+    condition::READY, vxlanpool::VniRange, Cluster, Host, L2Network, L2NetworkType, VxlanPool,
+};
 use tokio::sync::Mutex;
 
 use crate::{
@@ -29,26 +37,76 @@ pub(crate) fn controller(client: &Client) -> Controller<L2Network> {
         watcher::Config::default(),
     );
     let store = l2s.store();
+    let (for_hosts, for_clusters) = (store.clone(), store.clone());
     // A new or resized pool may let waiting networks have a VNI.
     l2s.watches(
         Api::<VxlanPool>::all(client.clone()),
         watcher::Config::default(),
         move |pool| {
             let name = pool.name_any();
-            store
-                .state()
-                .iter()
-                .filter(|l2| l2.spec.vxlan_pool.as_deref() == Some(name.as_str()))
-                .map(|l2| ObjectRef::from_obj(l2.as_ref()))
-                .collect::<Vec<_>>()
+            vxlan_networks(&store, |l2| {
+                l2.spec.vxlan_pool.as_deref() == Some(name.as_str())
+            })
         },
     )
+    // Hosts and clusters coming, going or moving change the tunnel endpoints; the reconcile
+    // recomputes them from the caches and writes only a change.
+    .watches(
+        Api::<Host>::all(client.clone()),
+        watcher::Config::default(),
+        move |_| vxlan_networks(&for_hosts, |_| true),
+    )
+    .watches(
+        Api::<Cluster>::all(client.clone()),
+        watcher::Config::default(),
+        move |cluster| {
+            vxlan_networks(&for_clusters, |l2| {
+                cluster.spec.l2_networks.contains(&l2.name_any())
+            })
+        },
+    )
+}
+
+fn vxlan_networks(
+    store: &Store<L2Network>,
+    wanted: impl Fn(&L2Network) -> bool,
+) -> Vec<ObjectRef<L2Network>> {
+    store
+        .state()
+        .iter()
+        .filter(|l2| l2.spec.network_type == L2NetworkType::Vxlan && wanted(l2))
+        .map(|l2| ObjectRef::from_obj(l2.as_ref()))
+        .collect()
+}
+
+/// The management addresses of the hosts of every cluster `l2` is attached to, sorted.
+fn vteps(ctx: &Context, l2: &str) -> Vec<String> {
+    let clusters: BTreeSet<String> = ctx
+        .inventory
+        .clusters
+        .state()
+        .iter()
+        .filter(|c| c.spec.l2_networks.iter().any(|n| n == l2))
+        .map(|c| c.name_any())
+        .collect();
+    let addresses: BTreeSet<String> = ctx
+        .hosts
+        .state()
+        .iter()
+        .filter(|h| clusters.contains(&h.spec.cluster))
+        .filter_map(|h| h.spec.management_address.clone())
+        .collect();
+    addresses.into_iter().collect()
 }
 
 pub(crate) async fn reconcile(l2: Arc<L2Network>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = l2.name_any();
     let current = l2.status.clone().unwrap_or_default();
     let vxlan = l2.spec.network_type == L2NetworkType::Vxlan;
+    // The endpoints come from the host and cluster caches: wait for full lists first.
+    if vxlan && (ctx.hosts.wait_until_ready().await.is_err() || !ctx.inventory.ready().await) {
+        return Ok(Action::await_change());
+    }
     // Held until the status is written, so the next allocation sees this one.
     let _turn = if vxlan {
         Some(ALLOCATION.lock().await)
@@ -72,6 +130,11 @@ pub(crate) async fn reconcile(l2: Arc<L2Network>, ctx: Arc<Context>) -> Result<A
     let mut status = current.clone();
     status.observed_generation = l2.metadata.generation;
     status.vni = vni;
+    status.vteps = if vxlan {
+        vteps(&ctx, &name)
+    } else {
+        Vec::new()
+    };
     conditions::set(
         &mut status.conditions,
         ready,

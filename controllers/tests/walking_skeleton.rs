@@ -637,4 +637,30 @@ async fn vxlan_networks_get_distinct_vnis_and_their_vms_run() {
         .await
         .expect("instance");
     assert_eq!(vmi.spec.nics[0].l2.vni, Some(vnis[0]));
+
+    // Tunnel endpoints: the hosts of the clusters the network is attached to.
+    Api::<Host>::all(client.clone())
+        .patch(
+            "host-v",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"managementAddress": "192.168.100.11"}})),
+        )
+        .await
+        .expect("give the host an address");
+    wait_for(&client, "vx-a to list host-v as its VTEP", || async {
+        let vteps = l2s.get("vx-a").await.ok()?.status?.vteps;
+        (vteps == ["192.168.100.11"]).then_some(())
+    })
+    .await;
+    let unattached = l2s
+        .get("vx-b")
+        .await
+        .expect("vx-b")
+        .status
+        .unwrap_or_default();
+    assert!(
+        unattached.vteps.is_empty(),
+        "no cluster has vx-b: {:?}",
+        unattached.vteps
+    );
 }
