@@ -313,7 +313,7 @@ async fn an_eip_takes_a_public_vip_reports_its_nic_and_releases_the_vip() {
     create(&eips, Eip::new("eip-private", spec("net-1", None, None))).await;
 
     // Bound: a VIP from the public ranges, the NIC's address and host.
-    let eip = wait_eip(&client, "eip-1", "NatNotProgrammed").await;
+    let eip = wait_eip(&client, "eip-1", "Bound").await;
     let got = eip.status.expect("status");
     let vip: std::net::Ipv4Addr = got.vip.expect("a vip").parse().expect("IPv4");
     let octets = vip.octets();

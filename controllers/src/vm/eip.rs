@@ -1,7 +1,8 @@
 //! Eip controller: allocates the VIP on the Public L3Network (an IpAddress owned by the Eip, the
-//! same allocation as VM addresses) and reports the bound NIC's guest address and host. The NAT
-//! itself is not programmed yet: nothing carries the Eip into the instance, so `Ready` stays
-//! False with a reason saying how far the Eip got.
+//! same allocation as VM addresses) and reports the bound NIC's guest address and host. The VM
+//! controller carries an Eip with a VIP into the bound NIC of the VM's instance ([`resolve`]) and
+//! the host's agent programs the NAT. Agents do not report the NAT back yet, so `Ready` stays
+//! False, its reason saying how far the Eip got (`Bound` is as far as the control plane sees).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -326,11 +327,11 @@ async fn bind(eip: &Eip, ctx: &Context, mut outcome: Outcome) -> Result<Outcome,
                 nic.virtual_machine, nic.l3_network
             ),
         ),
-        (_, Some(_), Some(_)) => Desired::new(
+        (_, Some(ip), Some(host)) => Desired::new(
             READY,
             false,
-            "NatNotProgrammed",
-            "bound; hosts do not program EIP NAT yet",
+            "Bound",
+            format!("bound to {ip} on host {host}, whose agent programs the NAT (not reported back yet)"),
         ),
         _ => Desired::new(
             READY,
