@@ -454,17 +454,12 @@ spec:
     strata.eventually("the taps to be gone", Duration::from_secs(30), || {
         taps.iter().all(|(tap, _)| !link_exists(tap))
     });
-    // Not asserted yet: the agent removes an L3 namespace and bridge no instance uses only in
-    // its periodic resync (HostNetwork::run), which never starts today: it awaits the instance
-    // store's wait_until_ready() alongside the controller's own applier, and kube-runtime's
-    // DelayedInit wakes only the last of two pending waiters (one oneshot waker). They stay
-    // until the next VM on this host is plugged; the guard removes them below.
-    if netns_exists(l3ns) || link_exists(&taps[0].1) {
-        eprintln!(
-            "the unused L3 namespace {l3ns} and bridge {} are still there",
-            taps[0].1
-        );
-    }
+    // The agent's periodic resync removes the L3 namespace and bridge no instance uses.
+    strata.eventually(
+        "the unused L3 namespace and bridge to be removed",
+        Duration::from_secs(30),
+        || !netns_exists(l3ns) && !link_exists(&taps[0].1),
+    );
     eprintln!(
         "domains and taps removed {:?} after apply",
         started.elapsed()

@@ -390,9 +390,10 @@ impl HostNetwork {
         let driver = self.driver.clone();
         let plan = want.clone();
         let previous = nat_applied.clone();
+        let owned = OwnedBridges(self.config.driver.state_dir.join("bridges"));
         // The driver runs short commands synchronously.
         let (ready_l3, nat) = tokio::task::spawn_blocking(move || {
-            let ready = apply(&driver, &plan);
+            let ready = apply(&driver, &plan, &owned);
             let nat = apply_nat(&driver, &plan, &ready, &previous);
             (ready, nat)
         })
@@ -449,8 +450,15 @@ impl HostNetwork {
     /// instances go, orphans left by a crash are removed).
     pub async fn run(self: Arc<Self>, period: Duration) {
         let Some(store) = self.store() else { return };
-        if store.wait_until_ready().await.is_err() {
-            return;
+        // kube-runtime's store wakes only one of the tasks waiting for its first list, and the
+        // instance controller waits on the same store: ask again each period instead. (Syncing
+        // from a store not yet filled would sweep away every network as an orphan.)
+        loop {
+            match tokio::time::timeout(period, store.wait_until_ready()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            }
         }
         loop {
             self.sync(&store.state()).await;
@@ -494,11 +502,42 @@ fn apply_nat(
     applied
 }
 
+/// The bridges this agent built, kept in a file so that after a restart it still removes its own
+/// orphans, and only those: bridges live in the host namespace, where other agents (tests run
+/// several on one machine) build theirs.
+struct OwnedBridges(std::path::PathBuf);
+
+impl OwnedBridges {
+    fn load(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn save(&self, bridges: &std::collections::BTreeSet<String>) {
+        let text: String = bridges.iter().map(|b| format!("{b}\n")).collect();
+        let written = match self.0.parent() {
+            Some(dir) => std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&self.0, text)),
+            None => std::fs::write(&self.0, text),
+        };
+        if let Err(e) = written {
+            warn!(file = %self.0.display(), error = %e, "cannot record this agent's bridges");
+        }
+    }
+}
+
 /// Ensures every planned network, then removes Strata networks that are not planned. Returns the
 /// L3 networks that are up.
-fn apply(driver: &NetworkDriver, want: &HostNetworks) -> Vec<String> {
+fn apply(driver: &NetworkDriver, want: &HostNetworks, owned: &OwnedBridges) -> Vec<String> {
     let mut l2_ok = Vec::new();
+    let mut mine = owned.load();
     for (name, l2) in &want.l2 {
+        // Recorded before it exists, so a crash in between cannot leak it.
+        if mine.insert(l2.bridge()) {
+            owned.save(&mine);
+        }
         match driver.ensure_l2(l2) {
             Ok(()) => l2_ok.push(l2.bridge()),
             Err(e) => warn!(l2 = %name, error = %e, "failed to build the L2 network"),
@@ -544,7 +583,12 @@ fn apply(driver: &NetworkDriver, want: &HostNetworks) -> Vec<String> {
                 }
             }
             let want_br: Vec<String> = want.l2.values().map(L2Spec::bridge).collect();
-            for br in inv.bridges.iter().filter(|b| !want_br.contains(b)) {
+            let orphans: Vec<&String> = inv
+                .bridges
+                .iter()
+                .filter(|b| !want_br.contains(b) && mine.contains(*b))
+                .collect();
+            for br in orphans {
                 // A bridge that still has VM ports is left for the hypervisor driver to empty.
                 match driver.host().links() {
                     Ok(links)
@@ -553,7 +597,11 @@ fn apply(driver: &NetworkDriver, want: &HostNetworks) -> Vec<String> {
                                 && l.name.starts_with(names::TAP_PREFIX)
                         }) => {}
                     _ => match driver.remove_bridge(br) {
-                        Ok(()) => info!(bridge = %br, "removed a bridge no instance here uses"),
+                        Ok(()) => {
+                            mine.remove(br);
+                            owned.save(&mine);
+                            info!(bridge = %br, "removed a bridge no instance here uses")
+                        }
                         Err(e) => warn!(bridge = %br, error = %e, "failed to remove a bridge"),
                     },
                 }
