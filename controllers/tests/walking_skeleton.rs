@@ -2,232 +2,23 @@
 //! agents with simulated hypervisors. VMs are created through the API and the test waits on
 //! the status the controllers report.
 
-use std::{collections::BTreeSet, future::Future, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use k8s_openapi::{
-    api::core::v1::Namespace,
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
-};
 use kube::{
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
-    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    Api, ResourceExt,
 };
 use serde_json::json;
 use strata_apis::{
     condition::{LABEL_L3_NETWORK, READY},
-    Cluster, ClusterSpec, Host, HostCapacity, HostState, Image, ImageSpec, InstanceOffering,
-    InstanceOfferingSpec, IpAddress, IpRange, L2Network, L2NetworkSpec, L3Network, L3NetworkSpec,
-    PowerState, RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineSpec, VmNic,
-    VmPhase, VmiPhase, Zone, ZoneSpec,
+    Cluster, Host, HostState, IpAddress, IpRange, L2Network, L2NetworkSpec, L3Network,
+    L3NetworkSpec, PowerState, RunStrategy, VirtualMachine, VirtualMachineInstance,
+    VirtualMachineSpec, VmNic, VmPhase, VmiPhase,
 };
-use strata_controllers::ControllerOptions;
-use strata_node_agent::{Agent, AgentConfig, SimDriver};
-use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 
-const NS: &str = "it-walking-skeleton";
-const DEADLINE: Duration = Duration::from_secs(60);
+mod common;
 
-struct Plane {
-    client: Client,
-    drivers: Vec<Arc<SimDriver>>,
-    tasks: Vec<JoinHandle<()>>,
-    _stop_server: oneshot::Sender<()>,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Plane {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-fn capacity(cpu: i64, memory: &str) -> HostCapacity {
-    HostCapacity {
-        cpu,
-        memory: Quantity(memory.into()),
-    }
-}
-
-async fn start(hosts: &[&str], heartbeat: Duration) -> Plane {
-    let data = tempfile::tempdir().expect("temp dir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let (stop_server, stopped) = oneshot::channel::<()>();
-    let opts = strata_apiserver::ServeOptions {
-        data_dir: data.path().to_path_buf(),
-        store: strata_apiserver::StoreConfig::Embedded,
-        bearer_token: None,
-        crds: strata_apis::crds(),
-    };
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        if let Err(error) = strata_apiserver::serve(opts, listener, shutdown).await {
-            panic!("api server failed: {error}");
-        }
-    });
-    let url = format!("http://127.0.0.1:{port}").parse().expect("url");
-    let client = Client::try_from(kube::Config::new(url)).expect("client");
-    wait_for(&client, "the API server to serve CRDs", || async {
-        Api::<VirtualMachine>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .ok()
-    })
-    .await;
-
-    let mut tasks = vec![server];
-    let controllers = client.clone();
-    tasks.push(tokio::spawn(async move {
-        strata_controllers::run(controllers, ControllerOptions::default())
-            .await
-            .expect("controllers run");
-    }));
-    let mut drivers = Vec::new();
-    for host in hosts {
-        let cap = capacity(4, "4Gi");
-        let driver = Arc::new(SimDriver::new(&cap).expect("capacity"));
-        drivers.push(driver.clone());
-        let config = AgentConfig {
-            heartbeat_interval: heartbeat,
-            ..AgentConfig::new(*host, "cluster-1", cap)
-        };
-        let agent = Agent::new(client.clone(), config, driver);
-        tasks.push(tokio::spawn(async move {
-            agent.run().await.expect("agent runs");
-        }));
-    }
-    Plane {
-        client,
-        drivers,
-        tasks,
-        _stop_server: stop_server,
-        _data: data,
-    }
-}
-
-/// Polls `check` until it returns a value, failing with a dump of every VM at the deadline.
-async fn wait_for<T, F, Fut>(client: &Client, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if Instant::now() > deadline {
-            let vms = Api::<VirtualMachine>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map(|l| {
-                    l.items
-                        .into_iter()
-                        .map(|vm| (vm.name_any(), vm.status))
-                        .collect::<Vec<_>>()
-                });
-            let hosts = Api::<Host>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map(|l| {
-                    l.items
-                        .into_iter()
-                        .map(|h| (h.name_any(), h.status))
-                        .collect::<Vec<_>>()
-                });
-            panic!("timed out waiting for {what}\nVMs: {vms:#?}\nHosts: {hosts:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn create<K>(api: &Api<K>, object: K) -> K
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("create {}: {e}", object.name_any()))
-}
-
-async fn inventory(client: &Client) {
-    create(
-        &Api::all(client.clone()),
-        Namespace {
-            metadata: ObjectMeta {
-                name: Some(NS.into()),
-                labels: Some([("strata.io/test".to_string(), "integration".to_string())].into()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        },
-    )
-    .await;
-    create(
-        &Api::all(client.clone()),
-        Zone::new("zone-1", ZoneSpec::default()),
-    )
-    .await;
-    // The scheduler places VMs only where the cluster reaches their L2 and has storage.
-    let storage = strata_apis::PrimaryStorageSpec {
-        zone: "zone-1".into(),
-        url: "/var/lib/strata/volumes".into(),
-        ..strata_apis::PrimaryStorageSpec::default()
-    };
-    create(
-        &Api::all(client.clone()),
-        strata_apis::PrimaryStorage::new("ps-1", storage),
-    )
-    .await;
-    let cluster = ClusterSpec {
-        zone: "zone-1".into(),
-        l2_networks: vec!["l2-1".into()],
-        primary_storages: vec!["ps-1".into()],
-        ..ClusterSpec::default()
-    };
-    create(
-        &Api::all(client.clone()),
-        Cluster::new("cluster-1", cluster),
-    )
-    .await;
-    let offerings: Api<InstanceOffering> = Api::all(client.clone());
-    for (name, memory) in [("small", "1Gi"), ("huge", "64Gi")] {
-        let spec = InstanceOfferingSpec {
-            cpu: 1,
-            memory: Quantity(memory.into()),
-            ..InstanceOfferingSpec::default()
-        };
-        create(&offerings, InstanceOffering::new(name, spec)).await;
-    }
-    let image = ImageSpec {
-        url: "file:///images/tiny.qcow2".into(),
-        ..ImageSpec::default()
-    };
-    create(&Api::all(client.clone()), Image::new("tiny", image)).await;
-    let l2 = L2NetworkSpec {
-        zone: "zone-1".into(),
-        physical_interface: Some("eth1".into()),
-        ..L2NetworkSpec::default()
-    };
-    create(&Api::all(client.clone()), L2Network::new("l2-1", l2)).await;
-    let net = L3NetworkSpec {
-        l2_network: "l2-1".into(),
-        cidr: "10.10.0.0/24".into(),
-        gateway: "10.10.0.1".into(),
-        ip_ranges: vec![IpRange {
-            start: "10.10.0.10".into(),
-            end: "10.10.0.250".into(),
-        }],
-        ..L3NetworkSpec::default()
-    };
-    create(&Api::all(client.clone()), L3Network::new("net-1", net)).await;
-}
+use common::*;
 
 fn vm(name: &str, offering: &str, l3: &str) -> VirtualMachine {
     VirtualMachine::new(
@@ -243,37 +34,6 @@ fn vm(name: &str, offering: &str, l3: &str) -> VirtualMachine {
             ..VirtualMachineSpec::default()
         },
     )
-}
-
-async fn wait_phase(client: &Client, name: &str, phase: VmPhase) -> VirtualMachine {
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
-    wait_for(client, &format!("{name} to be {phase:?}"), || async {
-        let vm = vms.get_opt(name).await.ok()??;
-        (vm.status.as_ref()?.phase == phase).then_some(vm)
-    })
-    .await
-}
-
-fn ready_reason(vm: &VirtualMachine) -> (String, String) {
-    vm.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
-        .map(|c| (c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
-}
-
-async fn wait_pending_with(client: &Client, name: &str, reason: &str) -> String {
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
-    wait_for(
-        client,
-        &format!("{name} to be Created with {reason}"),
-        || async {
-            let vm = vms.get_opt(name).await.ok()??;
-            let (got, message) = ready_reason(&vm);
-            (vm.status.as_ref()?.phase == VmPhase::Created && got == reason).then_some(message)
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
