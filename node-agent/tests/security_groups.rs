@@ -3,7 +3,6 @@
 //! a rule change replaces the table, and the table goes with the instance. The host is a namespace
 //! the test creates (the driver's `host_netns`); guests are namespaces whose veth plays the tap.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use strata_apis::{
@@ -14,40 +13,9 @@ use strata_apis::{
 use strata_network::{names, DriverConfig};
 use strata_node_agent::network::{self, HostNetwork, NetworkConfig};
 
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
+mod common;
 
-/// Deletes the test's namespaces (and kills what runs in them) even when the test fails.
-struct Cleanup(Vec<String>, std::path::PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let dir = self.1.display().to_string();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&dir) {
-                let _ = sh(&["kill", "-9", &entry.file_name().to_string_lossy()]);
-            }
-        }
-        for ns in &self.0 {
-            let _ = sh(&["ip", "netns", "del", ns]);
-        }
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
+use common::{sh, Cleanup};
 
 fn vmi(
     name: &str,
