@@ -13,7 +13,7 @@ use std::{
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
         finalizer::{finalizer, Event},
@@ -78,7 +78,12 @@ pub(crate) async fn reconcile(eip: Arc<Eip>, ctx: Arc<Context>) -> Result<Action
     let action = finalizer(&api, EIP_FINALIZER, eip, |event| async {
         match event {
             Event::Apply(eip) => apply(&eip, &ctx).await,
-            Event::Cleanup(eip) => release(&eip, &ctx).await.map(|()| Action::await_change()),
+            Event::Cleanup(eip) => {
+                let uid = eip.uid().unwrap_or_default();
+                super::ipam::release_owned(&ctx, &uid, &key(&eip))
+                    .await
+                    .map(|()| Action::await_change())
+            }
         }
     })
     .await
@@ -428,33 +433,4 @@ pub(crate) async fn resolve(
         });
     }
     Ok(out)
-}
-
-/// Deletes the IpAddress objects the Eip holds.
-async fn release(eip: &Eip, ctx: &Context) -> Result<(), Error> {
-    let api: Api<IpAddress> = Api::all(ctx.client.clone());
-    let selector = format!("{LABEL_OWNER_UID}={}", eip.uid().unwrap_or_default());
-    let held = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::List {
-            kind: "IpAddress",
-            owner: key(eip),
-            source,
-        })?;
-    for ip in held {
-        let name = ip.name_any();
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(source) => {
-                return Err(Error::Delete {
-                    kind: "IpAddress",
-                    name,
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
 }

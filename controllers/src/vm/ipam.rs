@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use kube::{
-    api::{DeleteParams, ObjectMeta, PostParams, Preconditions},
+    api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions},
     Api, ResourceExt,
 };
 use strata_apis::{
@@ -363,6 +363,40 @@ fn address(vm: &VirtualMachine, uid: &str, l3network: &str, ip: Ipv4Addr) -> IpA
             owner_uid: uid.to_string(),
         },
     }
+}
+
+/// Deletes every IpAddress held by the object with uid `owner_uid` (a VM or an Eip), named
+/// `owner` in errors; addresses already gone are fine.
+pub(crate) async fn release_owned(
+    ctx: &Context,
+    owner_uid: &str,
+    owner: &str,
+) -> Result<(), Error> {
+    let api: Api<IpAddress> = Api::all(ctx.client.clone());
+    let selector = format!("{LABEL_OWNER_UID}={owner_uid}");
+    let held = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::List {
+            kind: "IpAddress",
+            owner: owner.to_string(),
+            source,
+        })?;
+    for ip in held {
+        let name = ip.name_any();
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(source) => {
+                return Err(Error::Delete {
+                    kind: "IpAddress",
+                    name,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::{
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::{
         controller::Action,
         finalizer::{finalizer, Event},
@@ -460,7 +460,7 @@ async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         // The agent's finalizer holds the instance until the hypervisor has destroyed it.
         return Err(Error::InstanceStillExists { vm: key });
     }
-    release_addresses(ctx, vm).await?;
+    ipam::release_owned(ctx, vm.uid().unwrap_or_default().as_str(), &vm_key(vm)).await?;
     ctx.assumed().forget(&key);
     Ok(Action::await_change())
 }
@@ -494,34 +494,6 @@ async fn delete_instance(
         }
     }
     Ok(api.get_opt(&name).await.map_err(failed)?.is_some())
-}
-
-async fn release_addresses(ctx: &Context, vm: &VirtualMachine) -> Result<(), Error> {
-    let api: Api<IpAddress> = Api::all(ctx.client.clone());
-    let selector = format!("{}={}", ipam::LABEL_OWNER_UID, vm.uid().unwrap_or_default());
-    let held = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::List {
-            kind: "IpAddress",
-            owner: vm_key(vm),
-            source,
-        })?;
-    for ip in held {
-        let name = ip.name_any();
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(source) => {
-                return Err(Error::Delete {
-                    kind: "IpAddress",
-                    name,
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Fetches and validates the offering (or explicit size), image and networks the VM names.
