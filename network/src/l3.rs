@@ -208,7 +208,10 @@ impl L3Ctx<'_> {
         if let Some(pid) = dnsmasq_pid(&dir) {
             stop_pid(pid);
         }
-        // Deleting the namespace destroys the veth pair with it.
+        // Deleting the inner end removes the veth pair at once; the kernel tears a deleted
+        // namespace down asynchronously, and the host-side veth (which keeps the L3's guard
+        // table alive) would outlive this call. Absent already is fine.
+        let _ = Netns::named(netns).ip(&["link", "del", names::L3_INNER_IF]);
         exec::delete_netns(netns)?;
         match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
