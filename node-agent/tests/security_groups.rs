@@ -94,6 +94,8 @@ async fn a_nics_security_groups_become_its_tap_table_and_go_with_it() {
         },
         ..Default::default()
     });
+    // The L3 namespace is global (not inside the test's host namespace): clean it up too.
+    cleanup.0.push(net.driver().l3_netns("sg-l3"));
     // a lets ICMP in from its subnet only; b is in no security group.
     let a = Arc::new(vmi(
         "a",
@@ -198,5 +200,13 @@ async fn a_nics_security_groups_become_its_tap_table_and_go_with_it() {
     assert!(
         sh(&["ip", "netns", "exec", &host, "nft", "list", "table", "bridge", &table]).is_err(),
         "a's table is gone"
+    );
+
+    // b goes too: nothing of the host network is left.
+    net.sync(&[]).await;
+    let netns = net.driver().l3_netns("sg-l3");
+    assert!(
+        !sh(&["ip", "netns", "list"]).unwrap().contains(&netns),
+        "{netns} is removed"
     );
 }
