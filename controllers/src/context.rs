@@ -90,6 +90,36 @@ impl Context {
         backoff(*count)
     }
 
+    /// Merge-patches the status of the cluster-scoped object `name` of kind `K` (`kind` names
+    /// it in errors).
+    pub async fn patch_cluster_status<K, S>(
+        &self,
+        kind: &'static str,
+        name: &str,
+        status: &S,
+    ) -> Result<(), Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: serde::Serialize,
+    {
+        kube::Api::<K>::all(self.client.clone())
+            .patch_status(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::UpdateStatus {
+                kind,
+                name: name.to_string(),
+                source,
+            })
+    }
+
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn succeeded(&self, key: &str) {
         self.failures

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    api::{ListParams, Patch, PatchParams},
+    api::ListParams,
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
@@ -16,7 +16,6 @@ use kube::{
     },
     Api, Client, ResourceExt,
 };
-use serde_json::json;
 use strata_apis::{
     condition::READY, vxlanpool::VniRange, Cluster, Host, L2Network, L2NetworkType, VxlanPool,
 };
@@ -142,18 +141,8 @@ pub(crate) async fn reconcile(l2: Arc<L2Network>, ctx: Arc<Context>) -> Result<A
         Timestamp::now(),
     );
     if status != current {
-        Api::<L2Network>::all(ctx.client.clone())
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .map_err(|source| Error::UpdateStatus {
-                kind: "L2Network",
-                name: name.clone(),
-                source,
-            })?;
+        ctx.patch_cluster_status::<L2Network, _>("L2Network", &name, &status)
+            .await?;
     }
     ctx.succeeded(&name);
     Ok(Action::await_change())

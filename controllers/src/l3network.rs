@@ -4,11 +4,9 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    api::{Patch, PatchParams},
     runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
     Api, Client, ResourceExt,
 };
-use serde_json::json;
 use strata_apis::{
     condition::{LABEL_L3_NETWORK, READY},
     l3network::FieldError,
@@ -52,18 +50,8 @@ pub(crate) async fn reconcile(l3: Arc<L3Network>, ctx: Arc<Context>) -> Result<A
         Timestamp::now(),
     );
     if status != current {
-        Api::<L3Network>::all(ctx.client.clone())
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .map_err(|source| Error::UpdateStatus {
-                kind: "L3Network",
-                name: name.clone(),
-                source,
-            })?;
+        ctx.patch_cluster_status::<L3Network, _>("L3Network", &name, &status)
+            .await?;
     }
     ctx.succeeded(&name);
     // An invalid spec waits for the user to change it; address counts arrive as watch events.
