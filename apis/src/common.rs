@@ -48,3 +48,22 @@ pub struct VmNicRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l3_network: Option<String>,
 }
+
+/// How far a long operation (an image download, a volume being provisioned, a migration, a
+/// host drain) has come, for progress bars and `kubectl get -o wide`. Written by whoever does
+/// the work; absent when nothing long is under way.
+#[derive(kube::KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Share of the work done, 0 to 100.
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: i32,
+    /// The step under way, such as `Downloading`, `Verifying`, `CopyingMemory` or
+    /// `MigratingVMs`.
+    #[schemars(length(max = 63))]
+    pub step: String,
+    /// Human-readable detail, e.g. `512Mi of 2Gi` or `12 of 30 VMs moved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+}

@@ -111,6 +111,9 @@ pub struct HostStatus {
     /// Hypervisor driver the agent runs (`sim` or `libvirt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
+    /// How far emptying the host has come while its admin state is `Maintenance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::Progress>,
     /// `Ready` is True while the agent heartbeats.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

@@ -20,6 +20,7 @@ use crate::{cel, Conditions, DeletionPolicy};
     printcolumn = r#"{"name":"Format","type":"string","jsonPath":".spec.format"}"#,
     printcolumn = r#"{"name":"OS","type":"string","jsonPath":".spec.osType"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Progress","type":"integer","priority":1,"jsonPath":".status.progress.percent"}"#,
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"URL","type":"string","priority":1,"jsonPath":".spec.url"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -144,6 +145,9 @@ pub struct ImageStatus {
     /// Checksum of the fetched file, as `sha256:<hex>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// How far fetching and verifying the image has come, while it is `Downloading`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::Progress>,
     /// `Ready` is True once the image can be used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

@@ -36,7 +36,7 @@ pub mod zone;
 
 pub use backupstorage::{BackupStorage, BackupStorageSpec, BackupStorageStatus};
 pub use cluster::{Cluster, ClusterSpec, ClusterStatus, HypervisorType};
-pub use common::{AdminState, DeletionPolicy, PortRange, VmNicRef};
+pub use common::{AdminState, DeletionPolicy, PortRange, Progress, VmNicRef};
 pub use diskoffering::{DiskOffering, DiskOfferingSpec};
 pub use eip::{Eip, EipSpec, EipStatus};
 pub use globalconfig::{GlobalConfig, GlobalConfigSpec, GlobalConfigStatus};

@@ -23,6 +23,7 @@ use crate::Conditions;
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.sourceHost"}"#,
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.targetHost"}"#,
+    printcolumn = r#"{"name":"Progress","type":"integer","jsonPath":".status.progress.percent"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     selectable = ".spec.virtualMachine",
     selectable = ".status.phase"
@@ -79,6 +80,9 @@ pub struct VirtualMachineMigrationStatus {
     /// When it succeeded or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// How far the move has come: target preparation, then memory copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::Progress>,
     /// `Ready` is True once the migration has succeeded; its reason says why one failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

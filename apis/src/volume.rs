@@ -117,6 +117,9 @@ pub struct VolumeStatus {
     /// Path (or URL) of the disk on its storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// How far creating (cloning, allocating) the disk has come, while it is `Creating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::Progress>,
     /// `Ready` is True while the disk is usable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,
