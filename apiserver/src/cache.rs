@@ -10,9 +10,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::cached::Cached;
 use crate::store::{Change, Feed, FeedItem, KeyValue, Store, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,9 +40,12 @@ pub struct Event {
     pub key: String,
     pub type_: EventType,
     /// The new state; for deletions the last state, with the deletion's resourceVersion.
-    pub object: Arc<Value>,
+    pub object: Arc<Cached>,
     /// The state before this event, so watchers can tell selector transitions.
-    pub prev: Option<Arc<Value>>,
+    pub prev: Option<Arc<Cached>>,
+    /// The watch frame of this event as most watchers send it (the object as stored, under its
+    /// own apiVersion), encoded by the first of them and shared by the rest.
+    pub frame: std::sync::OnceLock<Bytes>,
 }
 
 /// The requested revision is no longer in the event ring.
@@ -51,7 +56,7 @@ pub struct TooOld {
 }
 
 struct Inner {
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Arc<Cached>>,
     events: VecDeque<Arc<Event>>,
     capacity: usize,
     /// Every event with a revision above this is in `events`.
@@ -81,12 +86,15 @@ pub fn set_resource_version(obj: &mut Value, rev: u64) {
 }
 
 /// The stored form: the object without its resourceVersion (the store keeps the revision).
-fn encode(obj: &Value) -> Result<Vec<u8>, StoreError> {
-    let mut obj = obj.clone();
+fn encode(mut obj: Value) -> Result<Vec<u8>, StoreError> {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
     serde_json::to_vec(&obj).map_err(|e| StoreError::Backend(Box::new(e)))
+}
+
+fn decode(bytes: Vec<u8>, rev: u64) -> Result<Cached, StoreError> {
+    Cached::decode(Bytes::from(bytes), rev).map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
 impl Cache {
@@ -124,12 +132,12 @@ impl Cache {
         self.lock().rev
     }
 
-    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+    pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
         self.lock().objects.get(key).cloned()
     }
 
     /// Objects under `prefix` whose key sorts after `after`, with the current revision.
-    pub fn list(&self, prefix: &str, after: Option<&str>) -> (u64, Vec<(String, Arc<Value>)>) {
+    pub fn list(&self, prefix: &str, after: Option<&str>) -> (u64, Vec<(String, Arc<Cached>)>) {
         let inner = self.lock();
         let start = match after {
             Some(a) => std::ops::Bound::Excluded(a.to_string()),
@@ -151,7 +159,7 @@ impl Cache {
         prefix: &str,
         after: Option<&str>,
         rev: u64,
-    ) -> Result<Vec<(String, Arc<Value>)>, TooOld> {
+    ) -> Result<Vec<(String, Arc<Cached>)>, TooOld> {
         let inner = self.lock();
         if rev < inner.history_start {
             return Err(TooOld {
@@ -159,7 +167,7 @@ impl Cache {
                 oldest: inner.history_start,
             });
         }
-        let mut state: BTreeMap<String, Arc<Value>> = inner
+        let mut state: BTreeMap<String, Arc<Cached>> = inner
             .objects
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
@@ -218,34 +226,39 @@ impl Cache {
         }
     }
 
-    pub fn create(&self, key: &str, mut obj: Value) -> Result<Arc<Value>, StoreError> {
-        let rev = self.store.create(key, &encode(&obj)?)?;
-        self.wait_for(rev);
-        set_resource_version(&mut obj, rev);
-        Ok(Arc::new(obj))
+    pub fn create(&self, key: &str, obj: Value) -> Result<Arc<Cached>, StoreError> {
+        let bytes = encode(obj)?;
+        let rev = self.store.create(key, &bytes)?;
+        self.written(key, bytes, rev)
     }
 
-    pub fn update(
-        &self,
-        key: &str,
-        expected: u64,
-        mut obj: Value,
-    ) -> Result<Arc<Value>, StoreError> {
-        let rev = self.store.update(key, expected, &encode(&obj)?)?;
+    pub fn update(&self, key: &str, expected: u64, obj: Value) -> Result<Arc<Cached>, StoreError> {
+        let bytes = encode(obj)?;
+        let rev = self.store.update(key, expected, &bytes)?;
+        self.written(key, bytes, rev)
+    }
+
+    /// Waits for the cache to apply the write at `rev`, and returns what was written: the
+    /// cache's own copy while it is still current, so the reply shares its decoding.
+    fn written(&self, key: &str, bytes: Vec<u8>, rev: u64) -> Result<Arc<Cached>, StoreError> {
         self.wait_for(rev);
-        set_resource_version(&mut obj, rev);
-        Ok(Arc::new(obj))
+        match self.get(key) {
+            Some(current) if current.rev() == rev => Ok(current),
+            _ => decode(bytes, rev).map(Arc::new),
+        }
     }
 
     /// Deletes and returns the last state, stamped with the deletion's revision.
-    pub fn delete(&self, key: &str, expected: u64) -> Result<Arc<Value>, StoreError> {
+    pub fn delete(&self, key: &str, expected: u64) -> Result<Arc<Cached>, StoreError> {
         // The caller read the object at `expected` from here; if the delete succeeds, that is
         // still its last state (a newer write would have failed the compare).
         let last = self.get(key);
         let rev = self.store.delete(key, expected)?;
         self.wait_for(rev);
-        let mut last = last.as_deref().cloned().unwrap_or(Value::Null);
-        set_resource_version(&mut last, rev);
+        let last = match last {
+            Some(last) => last.at(rev),
+            None => decode(b"{}".to_vec(), rev)?,
+        };
         Ok(Arc::new(last))
     }
 
@@ -291,10 +304,7 @@ impl Shared {
         let prev = inner.objects.get(&change.key).cloned();
         let event = match change.value {
             Some(value) => {
-                let mut obj: Value =
-                    serde_json::from_slice(&value).map_err(|e| StoreError::Backend(Box::new(e)))?;
-                set_resource_version(&mut obj, change.rev);
-                let object = Arc::new(obj);
+                let object = Arc::new(decode(value, change.rev)?);
                 inner.objects.insert(change.key.clone(), object.clone());
                 Event {
                     rev: change.rev,
@@ -306,18 +316,22 @@ impl Shared {
                     key: change.key,
                     object,
                     prev,
+                    frame: Default::default(),
                 }
             }
             None => {
                 inner.objects.remove(&change.key);
-                let mut last = prev.as_deref().cloned().unwrap_or(Value::Null);
-                set_resource_version(&mut last, change.rev);
+                let last = match &prev {
+                    Some(prev) => prev.at(change.rev),
+                    None => decode(b"{}".to_vec(), change.rev)?,
+                };
                 Event {
                     rev: change.rev,
                     type_: EventType::Deleted,
                     key: change.key,
                     object: Arc::new(last),
                     prev,
+                    frame: Default::default(),
                 }
             }
         };
@@ -342,13 +356,10 @@ impl Shared {
     }
 }
 
-fn decode_all(kvs: Vec<KeyValue>) -> Result<BTreeMap<String, Arc<Value>>, StoreError> {
+fn decode_all(kvs: Vec<KeyValue>) -> Result<BTreeMap<String, Arc<Cached>>, StoreError> {
     let mut objects = BTreeMap::new();
     for kv in kvs {
-        let mut obj: Value =
-            serde_json::from_slice(&kv.value).map_err(|e| StoreError::Backend(Box::new(e)))?;
-        set_resource_version(&mut obj, kv.mod_revision);
-        objects.insert(kv.key, Arc::new(obj));
+        objects.insert(kv.key, Arc::new(decode(kv.value, kv.mod_revision)?));
     }
     Ok(objects)
 }
@@ -375,15 +386,15 @@ mod tests {
         let a = cache
             .create("/registry/x/a", json!({"metadata": {"name": "a"}}))
             .expect("a");
-        let rev_a = resource_version(&a);
+        let rev_a = a.rev();
         let b = cache
             .create("/registry/x/b", json!({"metadata": {"name": "b"}}))
             .expect("b");
         cache.delete("/registry/x/a", rev_a).expect("delete a");
-        let (events, _) = cache.events_since(resource_version(&b)).expect("recent");
+        let (events, _) = cache.events_since(b.rev()).expect("recent");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].type_, EventType::Deleted);
-        assert!(resource_version(&events[0].object) > resource_version(&b));
+        assert!(events[0].object.rev() > b.rev());
         assert!(
             cache.events_since(0).is_err(),
             "first event fell out of a ring of 2"
@@ -403,11 +414,11 @@ mod tests {
         let b = cache
             .create("/registry/x/b", json!({"metadata": {"name": "b"}}))
             .expect("b");
-        let snapshot = resource_version(&b);
+        let snapshot = b.rev();
         cache
             .update(
                 "/registry/x/a",
-                resource_version(&a),
+                a.rev(),
                 json!({"metadata": {"name": "a"}, "v": 2}),
             )
             .expect("update");
@@ -420,7 +431,7 @@ mod tests {
             .expect("in ring");
         let names: Vec<&str> = then.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, vec!["/registry/x/a", "/registry/x/b"]);
-        assert_eq!(then[0].1["v"], 1);
+        assert_eq!(then[0].1.value()["v"], 1);
         let after_a = cache
             .list_at("/registry/x/", Some("/registry/x/a"), snapshot)
             .expect("page 2");

@@ -14,9 +14,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use crate::cache::resource_version;
+use crate::cached::Cached;
 use crate::registry::ResourceDef;
 use crate::rest::App;
 
@@ -39,16 +37,6 @@ impl Propagation {
     }
 }
 
-/// The uids an object names as owners.
-pub fn owner_uids(obj: &Value) -> Vec<&str> {
-    obj["metadata"]["ownerReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["uid"].as_str())
-        .collect()
-}
-
 impl App {
     /// The definition that stores `key` (any served version of it).
     fn def_for_key(&self, key: &str) -> Option<Arc<ResourceDef>> {
@@ -61,10 +49,10 @@ impl App {
         found
     }
 
-    fn dependents(&self, uid: &str) -> Vec<(String, Arc<Value>)> {
+    fn dependents(&self, uid: &str) -> Vec<(String, Arc<Cached>)> {
         let (_, all) = self.cache.list("/registry/", None);
         all.into_iter()
-            .filter(|(_, o)| owner_uids(o).contains(&uid))
+            .filter(|(_, o)| o.owner_uids().any(|u| u == uid))
             .collect()
     }
 
@@ -85,12 +73,12 @@ impl App {
         }
         let mut live: Option<HashSet<String>> = None;
         for (key, obj) in dependents {
-            let others: Vec<&str> = owner_uids(&obj).into_iter().filter(|u| *u != uid).collect();
+            let others: Vec<&str> = obj.owner_uids().filter(|u| *u != uid).collect();
             if !others.is_empty() {
                 let live = live.get_or_insert_with(|| {
                     let (_, all) = self.cache.list("/registry/", None);
                     all.iter()
-                        .filter_map(|(_, o)| o["metadata"]["uid"].as_str().map(str::to_string))
+                        .filter_map(|(_, o)| o.uid().map(str::to_string))
                         .collect()
                 });
                 if others.iter().any(|u| live.contains(*u)) {
@@ -100,7 +88,7 @@ impl App {
             let Some(def) = self.def_for_key(&key) else {
                 continue;
             };
-            if let Err(e) = self.delete_object(&def, &key, &obj, false, policy) {
+            if let Err(e) = self.delete_object(&def, &key, &obj.value(), false, policy) {
                 tracing::warn!(key, error = %e, "garbage collection failed");
             }
         }
@@ -108,7 +96,7 @@ impl App {
 
     fn orphan_dependents(&self, uid: &str) {
         for (key, obj) in self.dependents(uid) {
-            let mut updated = (*obj).clone();
+            let mut updated = obj.value();
             let meta = &mut updated["metadata"];
             if let Some(refs) = meta["ownerReferences"].as_array_mut() {
                 refs.retain(|r| r["uid"].as_str() != Some(uid));
@@ -117,7 +105,7 @@ impl App {
                     meta.as_object_mut().map(|m| m.remove("ownerReferences"));
                 }
             }
-            if let Err(e) = self.cache.update(&key, resource_version(&obj), updated) {
+            if let Err(e) = self.cache.update(&key, obj.rev(), updated) {
                 tracing::warn!(key, error = %e, "orphaning a dependent failed");
             }
         }

@@ -63,7 +63,11 @@ pub fn json_response_with_warnings(
     body: &Value,
     warnings: &[String],
 ) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes_response(code, serde_json::to_vec(body).unwrap_or_default(), warnings)
+}
+
+/// Like [`json_response_with_warnings`], for a body that is already encoded.
+pub fn bytes_response(code: StatusCode, bytes: Vec<u8>, warnings: &[String]) -> Response {
     let mut resp = (code, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('"', "\\\""));

@@ -14,6 +14,7 @@
 //! kubectl needs before it will send a bearer token.
 
 pub mod cache;
+pub mod cached;
 pub mod cel;
 pub mod discovery;
 pub mod error;

@@ -5,18 +5,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::cache::{resource_version, Cache};
+use crate::cached::Cached;
 use crate::error::{ApiError, ApplyConflict, Cause};
 use crate::gc::Propagation;
-use crate::handlers::json_response_with_warnings;
+use crate::handlers::{bytes_response, json_response_with_warnings};
 use crate::objects::{self, finalizers, is_terminating, meta_mut};
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceDef};
-use crate::selectors::{field_value, FieldSelector, LabelSelector};
+use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::StoreError;
 use crate::table::{self, IncludeObject, Rendering};
 use crate::{ssa, validation};
@@ -97,6 +98,51 @@ pub fn present(def: &ResourceDef, obj: &Value) -> Value {
     o
 }
 
+/// A cached object as the client sees it through `def`'s version.
+pub fn present_cached(def: &ResourceDef, obj: &Cached) -> Value {
+    let mut o = obj.value();
+    o["apiVersion"] = json!(def.api_version());
+    o
+}
+
+/// What a write answers with: the stored object, or one built for this reply only (dry runs,
+/// writes that changed nothing).
+pub(crate) enum Written {
+    Stored(Arc<Cached>),
+    Built(Value),
+}
+
+impl Written {
+    fn into_value(self) -> Value {
+        match self {
+            Written::Stored(obj) => obj.value(),
+            Written::Built(obj) => obj,
+        }
+    }
+
+    fn respond(&self, req: &ResourceRequest, status: StatusCode, warnings: &[String]) -> Response {
+        match self {
+            Written::Stored(obj) => respond_cached(req, obj, status, warnings),
+            Written::Built(obj) => {
+                json_response_with_warnings(status, &render_one(req, obj), warnings)
+            }
+        }
+    }
+}
+
+/// Answers with one cached object; the common rendering needs no decoding.
+fn respond_cached(
+    req: &ResourceRequest,
+    obj: &Cached,
+    status: StatusCode,
+    warnings: &[String],
+) -> Response {
+    match req.rendering() {
+        Rendering::Object => bytes_response(status, obj.to_json(&req.def.api_version()), warnings),
+        _ => json_response_with_warnings(status, &render_one(req, &obj.value()), warnings),
+    }
+}
+
 fn render_one(req: &ResourceRequest, obj: &Value) -> Value {
     let obj = present(&req.def, obj);
     match req.rendering() {
@@ -149,8 +195,8 @@ impl Filter {
         Ok(Filter { labels, fields })
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches_object(obj) && self.fields.matches(|f| field_value(obj, f))
+    pub fn matches(&self, obj: &Cached) -> bool {
+        self.labels.matches(obj.labels()) && self.fields.matches(|f| obj.field(f))
     }
 }
 
@@ -187,7 +233,7 @@ impl App {
 
     fn rebuild_registry(&self) {
         let (_, crds) = self.cache.list(CRD_PREFIX, None);
-        let crds: Vec<Value> = crds.into_iter().map(|(_, v)| (*v).clone()).collect();
+        let crds: Vec<Value> = crds.into_iter().map(|(_, v)| v.value()).collect();
         let reg = Arc::new(Registry::build(&crds));
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = reg;
     }
@@ -234,6 +280,7 @@ impl App {
                     .map_err(|e| map_store_error(&def, &name, e))?;
             }
             Some(old) => {
+                let old = old.value();
                 let mut new = objects::prepare_update(&def, &old, crd, false)?;
                 crd_status(&mut new);
                 if objects::meaningfully_differs(&old, &new) {
@@ -254,7 +301,7 @@ impl App {
             .cache
             .get(&req.key())
             .ok_or_else(|| ApiError::NotFound(req.def.target(req.name())))?;
-        Ok(ok(&render_one(req, &obj)))
+        Ok(respond_cached(req, &obj, StatusCode::OK, &[]))
     }
 
     pub fn list(&self, req: &ResourceRequest) -> Result<Response, ApiError> {
@@ -303,7 +350,7 @@ impl App {
             .filter(|(_, o)| filter.matches(o))
             .peekable();
         while let Some((key, obj)) = iter.next() {
-            out.push(present(&req.def, &obj));
+            out.push(obj);
             if limit.is_some_and(|l| out.len() >= l) && iter.peek().is_some() {
                 next = Some(key);
                 break;
@@ -319,17 +366,15 @@ impl App {
             list_meta["continue"] =
                 json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
         }
+        let presented = |out: Vec<Arc<Cached>>| -> Vec<Value> {
+            out.iter().map(|o| present_cached(&req.def, o)).collect()
+        };
         let body = match req.rendering() {
-            Rendering::Object => json!({
-                "apiVersion": req.def.api_version(),
-                "kind": req.def.list_kind,
-                "metadata": list_meta,
-                "items": out,
-            }),
-            Rendering::Metadata => table::partial_metadata_list(&out, list_meta),
+            Rendering::Object => return Ok(list_response(&req.def, &list_meta, out)),
+            Rendering::Metadata => table::partial_metadata_list(&presented(out), list_meta),
             Rendering::Table => table::table(
                 &req.def,
-                &out,
+                &presented(out),
                 list_meta,
                 IncludeObject::parse(req.param("includeObject")),
                 true,
@@ -406,18 +451,14 @@ impl App {
         }
         let obj = parse_body(body)?;
         let (status, obj, warnings) = self.create_object(req, obj)?;
-        Ok(json_response_with_warnings(
-            status,
-            &render_one(req, &obj),
-            &warnings,
-        ))
+        Ok(obj.respond(req, status, &warnings))
     }
 
     fn create_object(
         &self,
         req: &ResourceRequest,
         mut obj: Value,
-    ) -> Result<(StatusCode, Value, Vec<String>), ApiError> {
+    ) -> Result<(StatusCode, Written, Vec<String>), ApiError> {
         self.require_namespace(req)?;
         let name = obj["metadata"]["name"]
             .as_str()
@@ -475,14 +516,20 @@ impl App {
                 if self.cache.get(&key).is_some() {
                     return Err(ApiError::AlreadyExists(req.def.target(&name)));
                 }
-                return Ok((StatusCode::CREATED, obj, warnings));
+                return Ok((StatusCode::CREATED, Written::Built(obj), warnings));
             }
-            match self.cache.create(&key, obj.clone()) {
+            // Only generateName retries need the object again.
+            let attempt_obj = if attempt + 1 < attempts {
+                obj.clone()
+            } else {
+                std::mem::take(&mut obj)
+            };
+            match self.cache.create(&key, attempt_obj) {
                 Ok(created) => {
                     self.after_write(&req.def);
                     return Ok((
                         StatusCode::CREATED,
-                        (*created).clone(),
+                        Written::Stored(created),
                         std::mem::take(&mut warnings),
                     ));
                 }
@@ -523,16 +570,13 @@ impl App {
             .cache
             .get(&req.key())
             .ok_or_else(|| ApiError::NotFound(req.def.target(&name)))?;
-        if resource_version(&old) != expected {
+        if old.rev() != expected {
             return Err(ApiError::Conflict(req.def.target(&name)));
         }
+        let old = old.value();
         let warnings = self.check_schema(req, &mut new, Some(&old))?;
         let (obj, _) = self.commit_update(req, &old, new, "Update", None)?;
-        Ok(json_response_with_warnings(
-            StatusCode::OK,
-            &render_one(req, &obj),
-            &warnings,
-        ))
+        Ok(obj.respond(req, StatusCode::OK, &warnings))
     }
 
     /// Validates, records the manager, and writes `new` over `old` with compare-and-swap.
@@ -544,7 +588,7 @@ impl App {
         new: Value,
         operation: &str,
         apply_fields: Option<Value>,
-    ) -> Result<(Value, bool), ApiError> {
+    ) -> Result<(Written, bool), ApiError> {
         let name = req.name().to_string();
         let mut new = objects::prepare_update(&req.def, old, new, req.status_only())?;
         objects::validate_metadata(&req.def, &new)?;
@@ -571,25 +615,28 @@ impl App {
         let expected = resource_version(old);
         if is_terminating(&new) && finalizers(&new).is_empty() {
             if req.dry_run() {
-                return Ok((new, true));
+                return Ok((Written::Built(new), true));
             }
             let gone = self
                 .cache
                 .delete(&key, expected)
                 .map_err(|e| map_store_error(&req.def, &name, e))?;
-            self.after_delete(&req.def, &gone, Propagation::Background);
-            return Ok(((*gone).clone(), true));
+            self.after_delete(&req.def, &gone.value(), Propagation::Background);
+            return Ok((Written::Stored(gone), true));
         }
         if !objects::meaningfully_differs(old, &new) || req.dry_run() {
             // Nothing observable changes: no write, no event, same resourceVersion.
-            return Ok((if req.dry_run() { new } else { old.clone() }, false));
+            return Ok((
+                Written::Built(if req.dry_run() { new } else { old.clone() }),
+                false,
+            ));
         }
         let stored = self
             .cache
             .update(&key, expected, new)
             .map_err(|e| map_store_error(&req.def, &name, e))?;
         self.after_write(&req.def);
-        Ok(((*stored).clone(), false))
+        Ok((Written::Stored(stored), false))
     }
 
     pub fn patch(
@@ -633,6 +680,7 @@ impl App {
                 }
                 return Err(ApiError::NotFound(req.def.target(req.name())));
             };
+            let current = current.value();
             let mut doc = present(&req.def, &current);
             let mut apply_fields = None;
             match patch_type {
@@ -666,13 +714,7 @@ impl App {
                 "Update"
             };
             match self.commit_update(req, &current, doc, op, apply_fields) {
-                Ok((obj, _)) => {
-                    return Ok(json_response_with_warnings(
-                        StatusCode::OK,
-                        &render_one(req, &obj),
-                        &warnings,
-                    ))
-                }
+                Ok((obj, _)) => return Ok(obj.respond(req, StatusCode::OK, &warnings)),
                 // `pinned` holds the current object's resourceVersion whenever the patch did not
                 // set one, so it cannot tell the two apart; the next turn can: a patch that
                 // pinned a version now older than the object fails the check above.
@@ -701,7 +743,8 @@ impl App {
             )));
         }
         meta_mut(&mut obj).insert("name".into(), json!(req.name()));
-        let (status, mut created, warnings) = self.create_object(req, obj)?;
+        let (status, created, warnings) = self.create_object(req, obj)?;
+        let mut created = created.into_value();
         // Replace the create's Update entry with the Apply entry.
         let manager = req.manager();
         if let Some(entries) = created["metadata"]["managedFields"].as_array_mut() {
@@ -715,18 +758,15 @@ impl App {
             None,
             fields,
         );
-        if !req.dry_run() {
-            let key = req.key();
-            let rv = resource_version(&created);
-            if let Ok(stored) = self.cache.update(&key, rv, created.clone()) {
-                created = (*stored).clone();
-            }
+        if req.dry_run() {
+            return Ok(Written::Built(created).respond(req, status, &warnings));
         }
-        Ok(json_response_with_warnings(
-            status,
-            &render_one(req, &created),
-            &warnings,
-        ))
+        let rv = resource_version(&created);
+        let reply = match self.cache.update(&req.key(), rv, created.clone()) {
+            Ok(stored) => Written::Stored(stored),
+            Err(_) => Written::Built(created),
+        };
+        Ok(reply.respond(req, status, &warnings))
     }
 
     pub fn delete(&self, req: &ResourceRequest, body: &[u8]) -> Result<Response, ApiError> {
@@ -736,15 +776,16 @@ impl App {
             .get(&req.key())
             .ok_or_else(|| ApiError::NotFound(req.def.target(req.name())))?;
         if let Some(uid) = &opts.uid {
-            if current["metadata"]["uid"].as_str() != Some(uid.as_str()) {
+            if current.uid() != Some(uid.as_str()) {
                 return Err(ApiError::Conflict(req.def.target(req.name())));
             }
         }
         if let Some(rv) = &opts.resource_version {
-            if resource_version(&current).to_string() != *rv {
+            if current.rev().to_string() != *rv {
                 return Err(ApiError::Conflict(req.def.target(req.name())));
             }
         }
+        let current = current.value();
         match self.delete_object(
             &req.def,
             &req.key(),
@@ -783,7 +824,7 @@ impl App {
             match self.delete_object(
                 &req.def,
                 &key,
-                &obj,
+                &obj.value(),
                 opts.dry_run || req.dry_run(),
                 opts.policy,
             ) {
@@ -837,7 +878,7 @@ impl App {
                 .cache
                 .update(key, resource_version(current), marked)
                 .map_err(|e| map_store_error(def, &name, e))?;
-            return Ok(Deleted::Marked((*stored).clone()));
+            return Ok(Deleted::Marked(stored.value()));
         }
         if dry_run {
             return Ok(Deleted::Gone(current.clone()));
@@ -845,9 +886,10 @@ impl App {
         let gone = self
             .cache
             .delete(key, resource_version(current))
-            .map_err(|e| map_store_error(def, &name, e))?;
+            .map_err(|e| map_store_error(def, &name, e))?
+            .value();
         self.after_delete(def, &gone, policy);
-        Ok(Deleted::Gone((*gone).clone()))
+        Ok(Deleted::Gone(gone))
     }
 
     /// Server-side apply of `applied` onto `doc` (the current object): checks conflicts,
@@ -981,7 +1023,9 @@ impl App {
     fn sweep(&self, def: &Arc<ResourceDef>, prefix: &str) {
         let (_, items) = self.cache.list(prefix, None);
         for (key, obj) in items {
-            if let Err(e) = self.delete_object(def, &key, &obj, false, Propagation::Background) {
+            if let Err(e) =
+                self.delete_object(def, &key, &obj.value(), false, Propagation::Background)
+            {
                 tracing::warn!(key, error = %e, "cascading delete failed");
             }
         }
@@ -1093,6 +1137,50 @@ fn parse_apply(body: &[u8]) -> Result<Value, ApiError> {
 
 fn ok(body: &Value) -> Response {
     json_response_with_warnings(StatusCode::OK, body, &[])
+}
+
+/// How many items one chunk of a streamed list body carries.
+const LIST_CHUNK_ITEMS: usize = 256;
+
+/// A list in the object rendering, encoded while it is sent: items are copied out of their
+/// stored bytes a chunk at a time, so a list of 100k objects never exists as one document.
+fn list_response(def: &ResourceDef, list_meta: &Value, items: Vec<Arc<Cached>>) -> Response {
+    let mut head = serde_json::to_vec(&json!({
+        "apiVersion": def.api_version(),
+        "kind": def.list_kind,
+        "metadata": list_meta,
+    }))
+    .unwrap_or_default();
+    // Reopen the object (its keys are sorted, `items` goes last) to stream the items member.
+    head.pop();
+    head.extend_from_slice(b",\"items\":[");
+    let api_version = def.api_version();
+    let mut pending = Some(head);
+    let mut items = items.into_iter().enumerate();
+    let mut done = false;
+    let chunks = std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut chunk = pending.take().unwrap_or_default();
+        for _ in 0..LIST_CHUNK_ITEMS {
+            let Some((i, obj)) = items.next() else {
+                chunk.extend_from_slice(b"]}");
+                done = true;
+                break;
+            };
+            if i > 0 {
+                chunk.push(b',');
+            }
+            obj.write_json(&mut chunk, &api_version);
+        }
+        Some(Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk)))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(axum::body::Body::from_stream(futures::stream::iter(chunks)))
+        .unwrap_or_else(|e| ApiError::Internal(e.to_string()).into_response())
 }
 
 /// Minimal structural checks on a CRD so a broken one cannot break discovery.

@@ -195,20 +195,6 @@ impl LabelSelector {
         })
     }
 
-    pub fn matches_object(&self, obj: &Value) -> bool {
-        if self.requirements.is_empty() {
-            return true;
-        }
-        let labels: BTreeMap<String, String> = obj["metadata"]["labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.matches(&labels)
-    }
 }
 
 /// A parsed `fieldSelector`: `field=value`, `field==value`, `field!=value`, comma-separated.
@@ -308,13 +294,20 @@ impl FieldSelector {
 }
 
 /// Renders a field of an object like upstream's `fmt.Sprint` of the value: strings as they are,
-/// numbers and booleans in their JSON form, missing as "".
-pub fn field_value(obj: &Value, path: &str) -> String {
+/// numbers and booleans in their JSON form, missing as "". The cache reads fields without
+/// decoding the object ([`crate::cached::Cached::field`]); this is what it must agree with.
+#[cfg(test)]
+pub(crate) fn field_value(obj: &Value, path: &str) -> String {
     let mut cur = obj;
     for seg in path.split('.') {
         cur = &cur[seg];
     }
-    match cur {
+    render_field(cur)
+}
+
+/// One field's value as [`field_value`] renders it.
+pub fn render_field(value: &Value) -> String {
+    match value {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         Value::Number(n) => n.to_string(),

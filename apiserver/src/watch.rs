@@ -12,14 +12,16 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cache::{EventType, TooOld};
+use crate::cache::{Event, EventType, TooOld};
+use crate::cached::Cached;
 use crate::error::ApiError;
 use crate::registry::ResourceDef;
-use crate::rest::{present, App, Filter, ResourceRequest};
+use crate::rest::{present_cached, App, Filter, ResourceRequest};
 use crate::table::{self, IncludeObject, Rendering};
 
 struct Watcher {
     def: Arc<ResourceDef>,
+    api_version: String,
     prefix: String,
     filter: Filter,
     rendering: Rendering,
@@ -30,28 +32,44 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn render(&mut self, obj: &Value) -> Value {
-        let obj = present(&self.def, obj);
-        match self.rendering {
-            Rendering::Object => obj,
-            Rendering::Metadata => table::partial_metadata(&obj),
+    /// The frame announcing `obj` as a `type_` event.
+    fn frame(&mut self, type_: &str, obj: &Cached) -> Bytes {
+        let obj = match self.rendering {
+            Rendering::Object => return object_frame(type_, obj, &self.api_version),
+            Rendering::Metadata => table::partial_metadata(&present_cached(&self.def, obj)),
             Rendering::Table => {
                 // Only the first event carries the column definitions.
                 let with_columns = !self.sent_columns;
                 self.sent_columns = true;
-                table::table(&self.def, &[obj], json!({}), self.include, with_columns)
+                let row = present_cached(&self.def, obj);
+                table::table(&self.def, &[row], json!({}), self.include, with_columns)
             }
+        };
+        value_frame(type_, &obj)
+    }
+
+    /// The frame of `e` as it happened; every watcher seeing the stored object under its own
+    /// apiVersion sends the same bytes, encoded once.
+    fn event_frame(&mut self, e: &Event) -> Bytes {
+        if self.rendering == Rendering::Object
+            && e.object.api_version() == Some(self.api_version.as_str())
+        {
+            let api_version = &self.api_version;
+            return e
+                .frame
+                .get_or_init(|| object_frame(e.type_.as_str(), &e.object, api_version))
+                .clone();
         }
+        self.frame(e.type_.as_str(), &e.object)
     }
 
     /// Sends one frame; false once the client has gone.
+    async fn send_frame(&self, frame: Bytes) -> bool {
+        self.tx.send(Ok(frame)).await.is_ok()
+    }
+
     async fn send(&self, type_: &str, object: Value) -> bool {
-        let mut line = match serde_json::to_vec(&json!({"type": type_, "object": object})) {
-            Ok(l) => l,
-            Err(_) => return true,
-        };
-        line.push(b'\n');
-        self.tx.send(Ok(Bytes::from(line))).await.is_ok()
+        self.send_frame(value_frame(type_, &object)).await
     }
 
     async fn bookmark(&self, rev: u64) -> bool {
@@ -96,6 +114,7 @@ pub fn watch(app: Arc<App>, req: &ResourceRequest) -> Result<Response, ApiError>
     let (tx, rx) = mpsc::channel(64);
     let mut w = Watcher {
         def: req.def.clone(),
+        api_version: req.def.api_version(),
         prefix: req.def.list_prefix(req.namespace.as_deref()),
         filter,
         rendering: req.rendering(),
@@ -131,8 +150,8 @@ async fn run(
             let (rev, items) = app.cache.list(&w.prefix, None);
             for (_, obj) in items {
                 if w.filter.matches(&obj) {
-                    let rendered = w.render(&obj);
-                    if !w.send("ADDED", rendered).await {
+                    let frame = w.frame("ADDED", &obj);
+                    if !w.send_frame(frame).await {
                         return;
                     }
                 }
@@ -168,22 +187,20 @@ async fn run(
             let now_matches = e.type_ != EventType::Deleted && w.filter.matches(&e.object);
             let was_matching = e.prev.as_deref().is_some_and(|p| w.filter.matches(p));
             let frame = match (e.type_, was_matching, now_matches) {
-                (EventType::Deleted, true, _) => Some(("DELETED", e.object.as_ref().clone())),
-                (EventType::Added, _, true) => Some(("ADDED", e.object.as_ref().clone())),
-                (EventType::Modified, true, true) => Some(("MODIFIED", e.object.as_ref().clone())),
-                (EventType::Modified, false, true) => Some(("ADDED", e.object.as_ref().clone())),
+                (EventType::Deleted, true, _)
+                | (EventType::Added, _, true)
+                | (EventType::Modified, true, true) => Some(w.event_frame(&e)),
+                (EventType::Modified, false, true) => Some(w.frame("ADDED", &e.object)),
                 // Left the selector: the client sees it go, in its last matching state but at
                 // this revision.
-                (EventType::Modified, true, false) => {
-                    let mut gone = e.prev.as_deref().cloned().unwrap_or(Value::Null);
-                    crate::cache::set_resource_version(&mut gone, e.rev);
-                    Some(("DELETED", gone))
-                }
+                (EventType::Modified, true, false) => e
+                    .prev
+                    .as_deref()
+                    .map(|prev| w.frame("DELETED", &prev.at(e.rev))),
                 _ => None,
             };
-            if let Some((type_, obj)) = frame {
-                let rendered = w.render(&obj);
-                if !w.send(type_, rendered).await {
+            if let Some(frame) = frame {
+                if !w.send_frame(frame).await {
                     return;
                 }
             }
@@ -212,4 +229,22 @@ async fn run(
             }
         }
     }
+}
+
+/// `{"type": …, "object": …}` and a newline, with the object copied from its stored bytes.
+fn object_frame(type_: &str, obj: &Cached, api_version: &str) -> Bytes {
+    let mut line = Vec::with_capacity(obj.len() + 64);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(type_.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    obj.write_json(&mut line, api_version);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
+fn value_frame(type_: &str, object: &Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }
