@@ -145,6 +145,14 @@ pub struct ImageStatus {
     /// Checksum of the fetched file, as `sha256:<hex>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// The BackupStorage holding Strata's copy; absent while the image is used in place from
+    /// `spec.url` (no writable BackupStorage, see the Ready condition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_storage: Option<String>,
+    /// Where hosts fetch Strata's verified copy from, once the image is `Ready` in a
+    /// BackupStorage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_url: Option<String>,
     /// How far fetching and verifying the image has come, while it is `Downloading`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<crate::Progress>,
