@@ -13,6 +13,9 @@ const COLLECTIONS = {
   l3networks: `${GROUP}/l3networks`,
   images: `${GROUP}/images`,
   primarystorages: `${GROUP}/primarystorages`,
+  backupstorages: `${GROUP}/backupstorages`,
+  volumes: `${GROUP}/volumes`,
+  migrations: `${GROUP}/virtualmachinemigrations`,
   events: '/apis/events.k8s.io/v1/events',
 };
 
@@ -52,6 +55,7 @@ function render() {
     networks: () => views.networkList(s),
     storage: () => views.storageList(s, informers.primarystorages.missing),
     images: () => views.imageList(s),
+    migrations: () => views.migrationList(s),
   }[view] || (() => views.overview(s));
   const next = html();
   // Replacing identical markup would only steal clicks and focus from the operator.

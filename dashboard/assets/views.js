@@ -38,6 +38,15 @@ export function bar(used, total, label) {
   return `<div class="bar" title="${esc(label)}"><div class="fill ${level}" style="width:${pct}%"></div><span>${esc(label)}</span></div>`;
 }
 
+// How far a long operation has come (an object's status.progress: percent, step, message);
+// empty when none is under way.
+export function progressBar(progress) {
+  if (!progress) return '';
+  const pct = Math.max(0, Math.min(100, Math.round(Number(progress.percent) || 0)));
+  const label = `${progress.step || 'Working'} ${pct}%${progress.message ? ` · ${progress.message}` : ''}`;
+  return `<div class="bar progress" data-step="${esc(progress.step)}" data-percent="${pct}" title="${esc(label)}"><div class="fill run" style="width:${pct}%"></div><span>${esc(label)}</span></div>`;
+}
+
 function hostUsage(host) {
   const cap = host.status?.capacity || {};
   const alloc = host.status?.allocated || {};
@@ -126,7 +135,7 @@ function hostGrid(hosts) {
   if (!hosts.length) return '<p class="empty">No hosts.</p>';
   return `<div class="hosts">${[...hosts].sort(byName).map((h) => {
     const u = hostUsage(h);
-    return `<div class="host ${h.status?.state === 'Connected' ? '' : 'down'}" data-host="${esc(h.metadata.name)}"><div><b>${esc(h.metadata.name)}</b> ${hostState(h)}</div>${u.cpu}${u.memory}<div class="muted">${esc(h.status?.vmCount || 0)} VMs</div></div>`;
+    return `<div class="host ${h.status?.state === 'Connected' ? '' : 'down'}" data-host="${esc(h.metadata.name)}"><div><b>${esc(h.metadata.name)}</b> ${hostState(h)}</div>${u.cpu}${u.memory}${progressBar(h.status?.progress)}<div class="muted">${esc(h.status?.vmCount || 0)} VMs</div></div>`;
   }).join('')}</div>`;
 }
 
@@ -194,6 +203,7 @@ export function vmDetail(s, namespace, name, message) {
       <button data-action="delete" class="danger">Delete</button>
       <span id="action-result" class="muted">${esc(message)}</span>
     </div>
+    ${migrating(s, namespace, name)}
     <div class="detail">
       <div><h3>Spec</h3><pre>${esc(JSON.stringify(vm.spec, null, 2))}</pre></div>
       <div><h3>Status</h3><dl><dt>Host</dt><dd>${esc(vm.status?.host || '—')}</dd><dt>Observed generation</dt><dd>${esc(vm.status?.observedGeneration)} of ${esc(vm.metadata.generation)}</dd></dl>
@@ -215,9 +225,9 @@ function consoleTail(s, namespace, name) {
 export function hostList(s) {
   const rows = [...s.hosts].sort(byName).map((h) => {
     const u = hostUsage(h);
-    return `<tr class="${h.status?.state === 'Connected' ? '' : 'down'}"><td>${esc(h.metadata.name)}</td><td>${esc(h.spec.cluster)}</td><td>${hostState(h)}</td><td>${esc(h.spec.adminState)}</td><td>${u.cpu}</td><td>${u.memory}</td><td>${esc(h.status?.vmCount || 0)}</td><td>${esc(h.status?.driver)}</td><td>${esc(age(h.metadata.creationTimestamp))}</td></tr>`;
+    return `<tr data-host="${esc(h.metadata.name)}" class="${h.status?.state === 'Connected' ? '' : 'down'}"><td>${esc(h.metadata.name)}</td><td>${esc(h.spec.cluster)}</td><td>${hostState(h)}</td><td>${esc(h.spec.adminState)}</td><td>${u.cpu}</td><td>${u.memory}</td><td>${esc(h.status?.vmCount || 0)}</td><td>${progressBar(h.status?.progress)}</td><td>${esc(h.status?.driver)}</td><td>${esc(age(h.metadata.creationTimestamp))}</td></tr>`;
   });
-  return `<h2>Hosts</h2>${table(['Name', 'Cluster', 'State', 'Admin', 'CPU', 'Memory', 'VMs', 'Driver', 'Age'], rows, 'No hosts.')}`;
+  return `<h2>Hosts</h2>${table(['Name', 'Cluster', 'State', 'Admin', 'CPU', 'Memory', 'VMs', 'Drain', 'Driver', 'Age'], rows, 'No hosts.')}`;
 }
 
 export function networkList(s) {
@@ -236,12 +246,38 @@ export function storageList(s, missing) {
     const avail = bytes(p.status?.capacity?.available ?? p.status?.availableCapacity);
     return `<tr><td>${esc(p.metadata.name)}</td><td>${esc(p.spec.type)}</td><td>${esc(p.spec.url || p.spec.path || '')}</td><td>${bar(total - avail, total, `${humanBytes(total - avail)}/${humanBytes(total)}`)}</td></tr>`;
   });
-  return `<h2>Primary storage</h2>${table(['Name', 'Type', 'Location', 'Used'], rows, 'No primary storage.')}`;
+  const stores = [...(s.backupstorages || [])].sort(byName).map((b) => `<tr><td>${esc(b.metadata.name)}</td><td>${esc(b.spec.url)}</td><td>${esc(b.spec.adminState || 'Enabled')}</td><td>${esc(s.images.filter((i) => i.status?.backupStorage === b.metadata.name && i.status?.installUrl).length)}</td></tr>`);
+  const volumes = [...(s.volumes || [])].sort(byName).map((v) => `<tr data-volume="${esc(v.metadata.namespace)}/${esc(v.metadata.name)}"><td>${esc(v.metadata.name)}</td><td>${esc(v.metadata.namespace)}</td><td>${esc(v.spec.type)}</td><td>${phaseBadge(v.status?.phase || 'Creating')}</td><td>${progressBar(v.status?.progress) || esc(condition(v, 'Ready')?.reason)}</td><td>${esc(v.status?.size || v.spec.size || '')}</td><td>${esc(v.status?.host)}</td><td>${esc(v.status?.virtualMachine)}</td></tr>`);
+  return `<h2>Primary storage</h2>${table(['Name', 'Type', 'Location', 'Used'], rows, 'No primary storage.')}
+    <h2>Backup storage</h2>${table(['Name', 'URL', 'Admin', 'Images stored'], stores, 'No backup storage: images are used in place from their URL.')}
+    <h2>Volumes</h2>${table(['Name', 'Namespace', 'Type', 'Phase', 'Progress', 'Size', 'Host', 'VM'], volumes, 'No volumes.')}`;
 }
 
 export function imageList(s) {
-  const rows = [...s.images].sort(byName).map((i) => `<tr><td>${esc(i.metadata.name)}</td><td>${esc(i.spec.format)}</td><td>${esc(i.spec.url)}</td><td>${esc(i.status?.size || '')}</td><td>${esc(age(i.metadata.creationTimestamp))}</td></tr>`);
-  return `<h2>Images</h2>${table(['Name', 'Format', 'URL', 'Size', 'Age'], rows, 'No images.')}`;
+  const rows = [...s.images].sort(byName).map((i) => {
+    const ready = condition(i, 'Ready');
+    const where = i.status?.backupStorage ? `BackupStorage ${i.status.backupStorage}` : (ready?.reason === 'UsedInPlace' ? 'in place' : '');
+    return `<tr data-image="${esc(i.metadata.name)}"><td>${esc(i.metadata.name)}</td><td>${esc(i.spec.format)}</td><td>${phaseBadge(i.status?.phase || 'Pending')}</td><td>${progressBar(i.status?.progress) || `<span title="${esc(ready?.message)}">${esc(ready?.reason)}</span>`}</td><td>${esc(i.status?.size || '')}</td><td>${esc(i.status?.virtualSize || '')}</td><td>${esc(where)}</td><td>${esc(i.spec.url)}</td><td>${esc(age(i.metadata.creationTimestamp))}</td></tr>`;
+  });
+  return `<h2>Images</h2>${table(['Name', 'Format', 'Phase', 'Progress', 'Size', 'Virtual size', 'Stored', 'URL', 'Age'], rows, 'No images.')}`;
+}
+
+// Migrations, newest first, with the bar of the ones under way.
+export function migrationList(s) {
+  const rows = [...(s.migrations || [])].sort((a, b) => Date.parse(b.metadata.creationTimestamp) - Date.parse(a.metadata.creationTimestamp)).map((m) => {
+    const vm = { metadata: { namespace: m.metadata.namespace, name: m.spec.virtualMachine } };
+    return `<tr data-migration="${esc(m.metadata.namespace)}/${esc(m.metadata.name)}"><td>${esc(m.metadata.name)}</td><td>${esc(m.metadata.namespace)}</td><td><a href="${link(vm)}">${esc(m.spec.virtualMachine)}</a></td><td>${phaseBadge(m.status?.phase || 'Pending')}</td><td>${esc(m.status?.sourceHost)}</td><td>${esc(m.status?.targetHost || m.spec.targetHost || '')}</td><td>${progressBar(m.status?.progress) || esc(condition(m, 'Ready')?.reason)}</td><td>${esc(age(m.metadata.creationTimestamp))}</td></tr>`;
+  });
+  return `<h2>Migrations</h2>${table(['Name', 'Namespace', 'VM', 'Phase', 'From', 'To', 'Progress', 'Age'], rows, 'No migrations.')}`;
+}
+
+// The migration of this VM under way, if any, as a line with its bar.
+function migrating(s, namespace, name) {
+  const m = (s.migrations || []).find((x) => x.metadata.namespace === namespace && x.spec.virtualMachine === name
+    && !['Succeeded', 'Failed'].includes(x.status?.phase));
+  if (!m) return '';
+  const to = m.status?.targetHost || m.spec.targetHost || 'a host the scheduler picks';
+  return `<div id="vm-migration" class="card">Migrating from ${esc(m.status?.sourceHost || '…')} to ${esc(to)} ${phaseBadge(m.status?.phase || 'Pending')}${progressBar(m.status?.progress)}</div>`;
 }
 
 export function login(message) {
