@@ -8,9 +8,11 @@
 //! after a crash. It is level-triggered: `run` re-syncs from the instance store periodically, so a
 //! restart or a missed event converges on the next pass.
 //!
-//! What is not in the instance spec yet, and comes from the agent's configuration: this host's
-//! VTEP address and the peer VTEPs of VXLAN networks (the control plane does not publish them yet),
-//! and port forwarding (not resolved into the instance yet).
+//! A VXLAN network's peers are the tunnel endpoints the L2Network controller publishes
+//! (`L2Network.status.vteps`: the management addresses of the hosts of its clusters), read from
+//! a watch of L2 networks, plus any static peers in the agent's configuration; this host's own
+//! VTEP address comes from the configuration. Peers that appear or leave are applied on the next
+//! resync. Port forwarding is not resolved into the instance yet.
 //!
 //! EIPs come resolved in each NIC (`VmiNic.eip`, with the Public L3's prefix, gateway and L2): the
 //! public L2's bridge is built like any other, and each private L3 with EIPs gets the driver's NAT
@@ -28,11 +30,12 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::reflector::Store;
-use kube::ResourceExt;
+use futures::StreamExt;
+use kube::runtime::{reflector, reflector::Store, watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
 use strata_apis::{
     securitygroup::{Protocol as ApiProtocol, RuleAction},
-    L2NetworkType, VirtualMachineInstance, VmiEip, VmiNic, VmiSecurityRule,
+    L2Network, L2NetworkType, VirtualMachineInstance, VmiEip, VmiNic, VmiSecurityRule,
 };
 use strata_network::{
     names, Action, Eip, InstanceMetadata, L2Spec, L2Type, L3Spec, Lease, MetadataServer, NatSpec,
@@ -46,7 +49,7 @@ pub struct NetworkConfig {
     pub driver: strata_network::DriverConfig,
     /// This host's VTEP address (required for VXLAN networks).
     pub vtep: Option<Ipv4Addr>,
-    /// The other hosts' VTEPs.
+    /// VTEPs to tunnel to besides the ones the control plane publishes (hosts it does not know).
     pub vtep_peers: Vec<Ipv4Addr>,
     /// The underlay device VXLAN traffic leaves through (optional).
     pub vxlan_underlay: Option<String>,
@@ -83,7 +86,44 @@ pub fn bridge(nic: &VmiNic) -> String {
     names::bridge(&nic.l2.name)
 }
 
-fn l2_spec(nic: &VmiNic, cfg: &NetworkConfig) -> Result<L2Spec, String> {
+/// The tunnel endpoints the control plane publishes, by L2 network name.
+pub type PublishedVteps = BTreeMap<String, Vec<Ipv4Addr>>;
+
+/// Reads `status.vteps` of the VXLAN networks (an address that does not parse is skipped: the
+/// controller writes only addresses, so it would be a hand edit).
+pub fn published_vteps(l2s: &[Arc<L2Network>]) -> PublishedVteps {
+    l2s.iter()
+        .filter_map(|l2| {
+            let vteps = &l2.status.as_ref()?.vteps;
+            let peers = vteps.iter().filter_map(|v| v.parse().ok()).collect();
+            Some((l2.name_any(), peers))
+        })
+        .collect()
+}
+
+/// Watches every L2 network for its published tunnel endpoints, for [`HostNetwork::attach`].
+pub fn watch_l2_networks(client: &Client) -> Store<L2Network> {
+    let (store, writer) = reflector::store();
+    let l2s = Api::<L2Network>::all(client.clone());
+    tokio::spawn(
+        watcher(l2s, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|event| {
+                if let Err(error) = event {
+                    warn!(error = %error, "L2 network watch failed");
+                }
+                futures::future::ready(())
+            }),
+    );
+    store
+}
+
+fn l2_spec(
+    nic: &VmiNic,
+    cfg: &NetworkConfig,
+    published: &PublishedVteps,
+) -> Result<L2Spec, String> {
     let l2 = &nic.l2;
     if l2.name.is_empty() {
         return Err("the NIC's L2 network is not resolved yet".into());
@@ -116,7 +156,13 @@ fn l2_spec(nic: &VmiNic, cfg: &NetworkConfig) -> Result<L2Spec, String> {
                     l2.name
                 )
             })?,
-            peers: cfg.vtep_peers.clone(),
+            peers: {
+                let mut peers = cfg.vtep_peers.clone();
+                peers.extend(published.get(&l2.name).into_iter().flatten());
+                peers.sort_unstable();
+                peers.dedup();
+                peers
+            },
             underlay: cfg.vxlan_underlay.clone(),
             port: None,
         },
@@ -210,13 +256,18 @@ pub fn nic_security(tap: &str, nic: &VmiNic) -> Result<Option<NicSecurity>, Stri
 }
 
 /// The public L2 an EIP needs, its uplink and the VIP (pure).
-fn eip_plan(eip: &VmiEip, cfg: &NetworkConfig) -> Result<(L2Spec, PublicUplink, Ipv4Addr), String> {
+fn eip_plan(
+    eip: &VmiEip,
+    cfg: &NetworkConfig,
+    published: &PublishedVteps,
+) -> Result<(L2Spec, PublicUplink, Ipv4Addr), String> {
     let l2 = l2_spec(
         &VmiNic {
             l2: eip.l2.clone(),
             ..VmiNic::default()
         },
         cfg,
+        published,
     )?;
     let vip: Ipv4Addr = eip
         .vip
@@ -244,7 +295,11 @@ fn ipnet_of(ip: Ipv4Addr, prefix: u8) -> Result<ipnet::Ipv4Net, String> {
 }
 
 /// The networks the given instances need on this host (pure).
-pub fn desired(vmis: &[Arc<VirtualMachineInstance>], cfg: &NetworkConfig) -> HostNetworks {
+pub fn desired(
+    vmis: &[Arc<VirtualMachineInstance>],
+    cfg: &NetworkConfig,
+    published: &PublishedVteps,
+) -> HostNetworks {
     let mut out = HostNetworks::default();
     let mut vmis: Vec<&Arc<VirtualMachineInstance>> = vmis.iter().collect();
     // Deterministic: the first instance by name defines an L2/L3 shared by several.
@@ -275,7 +330,8 @@ pub fn desired(vmis: &[Arc<VirtualMachineInstance>], cfg: &NetworkConfig) -> Hos
                     out.security.insert(tap, closed);
                 }
             }
-            let planned = l2_spec(nic, cfg).and_then(|l2| l3_spec(nic, &l2).map(|l3| (l2, l3)));
+            let planned =
+                l2_spec(nic, cfg, published).and_then(|l2| l3_spec(nic, &l2).map(|l3| (l2, l3)));
             let (l2, l3) = match planned {
                 Ok(p) => p,
                 Err(e) => {
@@ -285,7 +341,7 @@ pub fn desired(vmis: &[Arc<VirtualMachineInstance>], cfg: &NetworkConfig) -> Hos
             };
             let ip: Ipv4Addr = nic.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
             if let Some(eip) = &nic.eip {
-                match eip_plan(eip, cfg) {
+                match eip_plan(eip, cfg, published) {
                     Ok((public_l2, uplink, vip)) => {
                         let nat = out.nat.entry(l3.name.clone()).or_insert_with(|| NatSpec {
                             l3: l3.name.clone(),
@@ -333,6 +389,8 @@ pub struct HostNetwork {
     /// The agent's instance store, once attached: the full view a sync needs (an L3's hosts
     /// file holds every lease on this host, not just the instance being reconciled).
     store: Mutex<Option<Store<VirtualMachineInstance>>>,
+    /// Every L2 network, for the VXLAN peers the control plane publishes.
+    l2_networks: Mutex<Option<Store<L2Network>>>,
     /// One sync at a time: an orphan sweep must not race an ensure. Holds the NAT applied, by
     /// private L3, with its public bridge (to remove it once no instance wants it).
     syncing: tokio::sync::Mutex<BTreeMap<String, String>>,
@@ -361,6 +419,7 @@ impl HostNetwork {
             config,
             metadata: Mutex::default(),
             store: Mutex::default(),
+            l2_networks: Mutex::default(),
             syncing: tokio::sync::Mutex::default(),
         }
     }
@@ -375,6 +434,19 @@ impl HostNetwork {
         *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
     }
 
+    /// Gives the network a store of every L2 network ([`watch_l2_networks`]), for the VXLAN
+    /// peers the control plane publishes.
+    pub fn attach_l2_networks(&self, l2_networks: Store<L2Network>) {
+        *self.l2_networks.lock().unwrap_or_else(|e| e.into_inner()) = Some(l2_networks);
+    }
+
+    fn published_vteps(&self) -> PublishedVteps {
+        let l2s = self.l2_networks.lock().unwrap_or_else(|e| e.into_inner());
+        l2s.as_ref()
+            .map(|store| published_vteps(&store.state()))
+            .unwrap_or_default()
+    }
+
     fn store(&self) -> Option<Store<VirtualMachineInstance>> {
         self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -383,7 +455,7 @@ impl HostNetwork {
     /// network so that one broken network does not hold back the others.
     pub async fn sync(&self, vmis: &[Arc<VirtualMachineInstance>]) -> Synced {
         let mut nat_applied = self.syncing.lock().await;
-        let want = desired(vmis, &self.config);
+        let want = desired(vmis, &self.config, &self.published_vteps());
         for p in &want.problems {
             warn!(problem = %p, "cannot plan a NIC's network");
         }
@@ -666,7 +738,7 @@ mod tests {
                 Some("#cloud-config"),
             ),
         ];
-        let d = desired(&vmis, &NetworkConfig::default());
+        let d = desired(&vmis, &NetworkConfig::default(), &PublishedVteps::default());
         assert!(d.problems.is_empty(), "{:?}", d.problems);
         assert_eq!(d.l2.len(), 1);
         assert_eq!(
@@ -709,7 +781,7 @@ mod tests {
             ],
             None,
         )];
-        let d = desired(&vmis, &NetworkConfig::default());
+        let d = desired(&vmis, &NetworkConfig::default(), &PublishedVteps::default());
         assert_eq!(d.problems.len(), 2, "{:?}", d.problems);
         assert!(d.l2.is_empty() && d.l3.is_empty());
 
@@ -718,8 +790,32 @@ mod tests {
             vtep_peers: vec!["192.168.100.2".parse().unwrap()],
             ..Default::default()
         };
-        let d = desired(&vmis, &cfg);
+        let d = desired(&vmis, &cfg, &PublishedVteps::default());
         assert_eq!(d.problems.len(), 1, "only the VLAN id is wrong");
+        let peers = |d: &HostNetworks| match &d.l2["vx"].kind {
+            L2Type::Vxlan { peers, .. } => peers.clone(),
+            other => panic!("not VXLAN: {other:?}"),
+        };
+        assert_eq!(peers(&d), vec![Ipv4Addr::new(192, 168, 100, 2)]);
+
+        // The control plane's endpoints join the configured ones, once each.
+        let mut l2 = L2Network::new("vx", Default::default());
+        l2.status = Some(strata_apis::L2NetworkStatus {
+            vteps: vec![
+                "192.168.100.3".into(),
+                "192.168.100.2".into(),
+                "junk".into(),
+            ],
+            ..Default::default()
+        });
+        let d = desired(&vmis, &cfg, &published_vteps(&[Arc::new(l2)]));
+        assert_eq!(
+            peers(&d),
+            vec![
+                Ipv4Addr::new(192, 168, 100, 2),
+                Ipv4Addr::new(192, 168, 100, 3)
+            ]
+        );
         assert_eq!(
             d.l3["l3a"].mtu,
             Some(1450),
@@ -776,7 +872,11 @@ mod tests {
         });
         assert!(nic_security("st-y", &bad).is_err());
         let v = vmi("a", vec![n, bad], None);
-        let d = desired(std::slice::from_ref(&v), &NetworkConfig::default());
+        let d = desired(
+            std::slice::from_ref(&v),
+            &NetworkConfig::default(),
+            &PublishedVteps::default(),
+        );
         assert_eq!(d.security.len(), 2);
         assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
         let closed = &d.security[&tap(&v, 1)];
@@ -812,6 +912,7 @@ mod tests {
         let d = desired(
             &[vmi("a", vec![n], None), vmi("b", vec![bad], None)],
             &NetworkConfig::default(),
+            &PublishedVteps::default(),
         );
         assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
         assert!(d.l2.contains_key("pub") && d.l2.contains_key("flat"));
