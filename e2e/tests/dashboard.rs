@@ -1,5 +1,6 @@
 //! The operator console in a real browser: headless Chromium (Debian's) driven by Playwright
-//! (`e2e/ui/dashboard.mjs`) against `strata up`, with kubectl making and checking changes.
+//! (`e2e/ui/dashboard.mjs`) against `strata up`, with kubectl making and checking changes, and an
+//! image the script serves slowly on 127.0.0.1 to watch a progress bar move.
 //! Screenshots land in `target/e2e-screenshots/`.
 
 mod support;
@@ -34,6 +35,7 @@ fn dashboard_shows_the_datacenter_live_and_stops_a_vm() {
         .env("KUBECONFIG", strata.kubeconfig())
         .env("EXPECT_HOSTS", "2")
         .env("SCREENSHOTS", repo_file("target/e2e-screenshots"))
+        .env("IMAGE_STORE", dir.path().join("backup-storage"))
         .output()
         .expect("node runs");
     assert!(

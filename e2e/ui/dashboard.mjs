@@ -1,10 +1,14 @@
 // Drives the dashboard like an operator would, in Debian's headless Chromium:
 // the overview lists the hosts and VMs, a VM applied with kubectl appears and reaches Running
-// without a reload, Reboot on its page is carried out, and Stop makes kubectl report it Stopped.
-// Inputs (environment): STRATA_URL, STRATA_TOKEN, KUBECONFIG, KUBECTL, SCREENSHOTS, EXPECT_HOSTS.
+// without a reload, Reboot on its page is carried out, and Stop makes kubectl report it Stopped;
+// an image served slowly from 127.0.0.1 shows a progress bar that moves, then Ready.
+// Inputs (environment): STRATA_URL, STRATA_TOKEN, KUBECONFIG, KUBECTL, SCREENSHOTS, EXPECT_HOSTS,
+// IMAGE_STORE (a directory for the BackupStorage the image is fetched into).
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:http';
 
 const url = process.env.STRATA_URL;
 const token = process.env.STRATA_TOKEN;
@@ -19,6 +23,30 @@ kind: VirtualMachine
 metadata: {name: web-1, namespace: default}
 spec: {instanceOffering: small, image: tiny, nics: [{l3Network: flat-1}]}
 `;
+
+// Serves `body` at /slow.raw on 127.0.0.1, 32 KiB every 100 ms, so a 1 MiB image takes ~3 s.
+async function serveSlowly(body) {
+  const server = createServer((req, res) => {
+    if (req.url !== '/slow.raw') {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'Content-Length': body.length });
+    let sent = 0;
+    const timer = setInterval(() => {
+      if (sent >= body.length) {
+        clearInterval(timer);
+        res.end();
+        return;
+      }
+      res.write(body.subarray(sent, sent + (32 << 10)));
+      sent += 32 << 10;
+    }, 100);
+    res.on('close', () => clearInterval(timer));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return server;
+}
 
 async function waitForKubectl(args, expected) {
   const deadline = Date.now() + timeout;
@@ -77,6 +105,40 @@ try {
   await waitForKubectl(['get', 'vm', 'web-1', '-o', 'jsonpath={.status.phase}'], 'Stopped');
   await page.locator('h2 .phase', { hasText: 'Stopped' }).waitFor({ timeout });
   await page.screenshot({ path: `${shots}/vm-stopped.png`, fullPage: true });
+
+  console.log('an image served slowly shows a progress bar that moves, then Ready');
+  const image = Buffer.alloc(1 << 20, 0);
+  for (let i = 0; i < image.length; i++) image[i] = (i * 7 + (i >> 12)) & 0xff;
+  const server = await serveSlowly(image);
+  try {
+    await page.click('a[href="#/images"]');
+    await page.locator('tr[data-image="tiny"]').waitFor({ timeout });
+    const sha256 = createHash('sha256').update(image).digest('hex');
+    kubectl(['apply', '-f', '-'], `apiVersion: strata.io/v1alpha1
+kind: BackupStorage
+metadata: {name: e2e-store}
+spec: {url: "file://${process.env.IMAGE_STORE}"}
+---
+apiVersion: strata.io/v1alpha1
+kind: Image
+metadata: {name: slow}
+spec: {url: "http://127.0.0.1:${server.address().port}/slow.raw", format: raw, checksum: "sha256:${sha256}", backupStorages: [e2e-store]}
+`);
+    const bar = page.locator('tr[data-image="slow"] .progress[data-step="Downloading"]');
+    await bar.waitFor({ timeout });
+    const first = Number(await bar.getAttribute('data-percent'));
+    await page.waitForFunction((seen) => {
+      const now = document.querySelector('tr[data-image="slow"] .progress');
+      return now && Number(now.dataset.percent) > seen;
+    }, first, { timeout });
+    await page.screenshot({ path: `${shots}/image-progress.png`, fullPage: true });
+    await page.locator('tr[data-image="slow"] .phase', { hasText: 'Ready' }).waitFor({ timeout });
+    if (await page.locator('tr[data-image="slow"] .progress').count()) throw new Error('a Ready image still shows a progress bar');
+    await waitForKubectl(['get', 'image', 'slow', '-o', 'jsonpath={.status.checksum}'], `sha256:${sha256}`);
+    await page.screenshot({ path: `${shots}/image-ready.png`, fullPage: true });
+  } finally {
+    server.close();
+  }
   if (errors.length) throw new Error(`the page threw: ${errors.join('; ')}`);
   console.log('dashboard: all checks passed');
 } catch (err) {
