@@ -5,116 +5,30 @@
 //! deleting the VM removes the domain, its volume, console log and the agent's record.
 //! (Networking comes from the network driver; this VM has no NIC.)
 
+mod libvirt_support;
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{repo_file, Strata};
+use libvirt_support::{data_dir, domain_exists, files, inventory, test_image, virsh, HostGuard};
+use support::Strata;
 
 const BOOT: Duration = Duration::from_secs(120);
 
-/// Removes the domain even when the test fails before Strata could.
-struct DomainGuard(String);
-
-impl Drop for DomainGuard {
-    fn drop(&mut self) {
-        for args in [&["destroy"][..], &["undefine", "--snapshots-metadata"][..]] {
-            let _ = Command::new("virsh")
-                .args(["-q", "-c", "qemu:///system"])
-                .args(args)
-                .arg(&self.0)
-                .output();
-        }
-    }
-}
-
-fn virsh(args: &[&str]) -> std::process::Output {
-    Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .expect("virsh runs")
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn kubectl_apply_boots_a_real_vm_on_libvirt() {
-    let built = Command::new(repo_file("hack/build-test-image.sh"))
-        .output()
-        .expect("the image script runs");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let image = repo_file("target/test-image")
-        .canonicalize()
-        .expect("test image dir");
-    let sha = std::fs::read_to_string(image.join("disk.qcow2.sha256")).expect("checksum");
-    let sha = sha.split_whitespace().next().expect("a checksum");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    // qemu runs as libvirt-qemu and must reach the volumes under the data dir.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (image, sha) = test_image();
+    let dir = data_dir();
     let ns = format!("e2e-libvirt-{}", std::process::id());
     let domain = format!("{ns}.tiny-vm");
-    let _guard = DomainGuard(domain.clone());
+    let _guard = HostGuard::new(vec![domain.clone()]);
     let host = format!("e2e-host-{}", std::process::id());
     let strata = Strata::start(dir.path(), &["--driver", "libvirt", "--host-name", &host]);
 
-    let manifest = format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata:
-  name: {ns}
----
-apiVersion: strata.io/v1alpha1
-kind: Zone
-metadata:
-  name: zone-1
-spec: {{}}
----
-apiVersion: strata.io/v1alpha1
-kind: Cluster
-metadata:
-  name: cluster-1
-spec:
-  zone: zone-1
-  hypervisorType: KVM
----
-apiVersion: strata.io/v1alpha1
-kind: Image
-metadata:
-  name: strata-test-guest
-spec:
-  url: file://{img}/disk.qcow2
-  format: qcow2
-  checksum: sha256:{sha}
-  directBoot:
-    kernelUrl: file://{img}/vmlinuz
-    initrdUrl: file://{img}/initrd.img
-    cmdline: console=ttyS0 quiet strata.dhcp_tries=1
----
-apiVersion: strata.io/v1alpha1
-kind: InstanceOffering
-metadata:
-  name: tiny
-spec:
-  cpu: 1
-  memory: 128Mi
----
+    let manifest = inventory(&ns, &image, &sha, None, 1)
+        + &format!(
+            r#"---
 apiVersion: strata.io/v1alpha1
 kind: VirtualMachine
 metadata:
@@ -123,9 +37,8 @@ metadata:
 spec:
   instanceOffering: tiny
   image: strata-test-guest
-"#,
-        img = image.display()
-    );
+"#
+        );
     let file = dir.path().join("vm.yaml");
     std::fs::write(&file, manifest).expect("writes the manifest");
     strata.ok(&["apply", "-f", file.to_str().expect("utf-8")]);
@@ -248,10 +161,7 @@ spec:
             .trim()
             .is_empty()
     });
-    assert!(
-        !virsh(&["dominfo", &domain]).status.success(),
-        "the domain is undefined"
-    );
+    assert!(!domain_exists(&domain), "the domain is undefined");
     let agent = dir.path().join("agent");
     assert!(files(&agent.join("storage/volumes")).is_empty());
     assert!(files(&agent.join("domains")).is_empty());
@@ -265,74 +175,28 @@ spec:
 /// data dir, it removes those and keeps the VM running: nothing leaks, nothing boots twice.
 #[test]
 fn a_restarted_agent_removes_orphans_and_keeps_its_vm() {
-    let built = Command::new(repo_file("hack/build-test-image.sh"))
-        .output()
-        .expect("the image script runs");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let image = repo_file("target/test-image")
-        .canonicalize()
-        .expect("test image dir");
-    let sha = std::fs::read_to_string(image.join("disk.qcow2.sha256")).expect("checksum");
-    let sha = sha.split_whitespace().next().expect("a checksum");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (image, sha) = test_image();
+    let dir = data_dir();
     let ns = format!("e2e-restart-{}", std::process::id());
     let domain = format!("{ns}.vm");
     let ghost = format!("{ns}-gone.vm");
-    let _guards = (DomainGuard(domain.clone()), DomainGuard(ghost.clone()));
+    let _guard = HostGuard::new(vec![domain.clone(), ghost.clone()]);
     let host = format!("e2e-restart-{}", std::process::id());
     let args = ["--driver", "libvirt", "--host-name", host.as_str()];
     let strata = Strata::start(dir.path(), &args);
-    let manifest = format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata:
-  name: {ns}
----
-apiVersion: strata.io/v1alpha1
-kind: Zone
-metadata:
-  name: zone-1
-spec: {{}}
----
-apiVersion: strata.io/v1alpha1
-kind: Cluster
-metadata:
-  name: cluster-1
-spec:
-  zone: zone-1
-  hypervisorType: KVM
----
-apiVersion: strata.io/v1alpha1
-kind: Image
-metadata:
-  name: strata-test-guest
-spec:
-  url: file://{img}/disk.qcow2
-  format: qcow2
-  checksum: sha256:{sha}
-  directBoot:
-    kernelUrl: file://{img}/vmlinuz
-    initrdUrl: file://{img}/initrd.img
-    cmdline: console=ttyS0 quiet strata.dhcp_tries=1
----
+    let manifest = inventory(&ns, &image, &sha, None, 1)
+        + &format!(
+            r#"---
 apiVersion: strata.io/v1alpha1
 kind: VirtualMachine
 metadata:
   name: vm
   namespace: {ns}
 spec:
-  cpu: 1
-  memory: 128Mi
+  instanceOffering: tiny
   image: strata-test-guest
-"#,
-        img = image.display()
-    );
+"#
+        );
     let file = dir.path().join("vm.yaml");
     std::fs::write(&file, manifest).expect("writes the manifest");
     strata.ok(&["apply", "-f", file.to_str().expect("utf-8")]);
@@ -392,9 +256,7 @@ spec:
 
     drop(strata); // SIGKILL
     let strata = Strata::start(dir.path(), &args);
-    strata.eventually("the orphan to be removed", BOOT, || {
-        !virsh(&["dominfo", &ghost]).status.success()
-    });
+    strata.eventually("the orphan to be removed", BOOT, || !domain_exists(&ghost));
     assert!(!volume.exists(), "the orphan's volume is deleted");
     assert!(!record.exists(), "the orphan's record is deleted");
     strata.ok(&[
@@ -412,9 +274,7 @@ spec:
     assert_eq!(markers(), 1, "the VM kept running; it did not boot again");
 
     strata.ok(&["delete", "-n", &ns, "vm", "vm", "--timeout=120s"]);
-    strata.eventually("the domain to be removed", BOOT, || {
-        !virsh(&["dominfo", &domain]).status.success()
-    });
+    strata.eventually("the domain to be removed", BOOT, || !domain_exists(&domain));
     assert!(files(&agent.join("domains")).is_empty());
     assert!(files(&agent.join("storage/volumes")).is_empty());
     strata.stop();
