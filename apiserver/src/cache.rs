@@ -8,7 +8,8 @@
 //! reads after its write sees it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -64,15 +65,37 @@ struct Inner {
     rev: u64,
     /// The feed ended (the store closed); writers stop waiting for it.
     closed: bool,
+    /// Writers parked until the cache reaches a revision. Each is woken once its revision is
+    /// applied, not on every change: with a hundred writers, waking all of them per change
+    /// cost more CPU than the writes.
+    waiters: Vec<(u64, Thread)>,
 }
 
 /// What the cache and its feed thread share.
 struct Shared {
     inner: Mutex<Inner>,
-    /// Signalled whenever `inner.rev` advances or the feed ends.
-    applied: Condvar,
     rev_tx: watch::Sender<u64>,
 }
+
+/// A feed item decoded outside the lock.
+enum Decoded {
+    Change {
+        rev: u64,
+        key: String,
+        /// `None` for a deletion.
+        object: Option<Arc<Cached>>,
+    },
+    Resync {
+        rev: u64,
+        objects: BTreeMap<String, Arc<Cached>>,
+    },
+    /// A value that is not JSON, which this server never writes: the revision passes, so
+    /// writers waiting for it go on, and the rest of the cache keeps serving.
+    Undecodable { rev: u64 },
+}
+
+/// How many feed items the follower applies under one lock.
+const MAX_APPLY: usize = 1024;
 
 pub struct Cache {
     store: Arc<dyn Store>,
@@ -112,8 +135,8 @@ impl Cache {
                 history_start: rev,
                 rev,
                 closed: false,
+                waiters: Vec::new(),
             }),
-            applied: Condvar::new(),
             rev_tx,
         });
         let follower = shared.clone();
@@ -218,11 +241,11 @@ impl Cache {
     fn wait_for(&self, rev: u64) {
         let mut inner = self.lock();
         while inner.rev < rev && !inner.closed {
-            inner = self
-                .shared
-                .applied
-                .wait(inner)
-                .unwrap_or_else(|e| e.into_inner());
+            inner.waiters.push((rev, std::thread::current()));
+            drop(inner);
+            // Unparked by the follower; a spurious wake just registers again.
+            std::thread::park();
+            inner = self.lock();
         }
     }
 
@@ -274,66 +297,78 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies the feed until it ends.
+    /// Applies the feed until it ends. A store publishes a commit's changes together, so the
+    /// follower takes whatever is queued, decodes it outside the lock, applies it under one
+    /// lock, and then wakes watchers and the writers whose revisions it reached.
     fn follow(&self, feed: Feed) {
-        while let Ok(item) = feed.recv() {
+        while let Ok(first) = feed.recv() {
+            let queued = std::iter::from_fn(|| feed.try_recv().ok()).take(MAX_APPLY - 1);
+            let batch: Vec<Decoded> = std::iter::once(first)
+                .chain(queued)
+                .map(decode_item)
+                .collect();
             let mut inner = self.lock();
-            let applied = match item {
-                FeedItem::Change(change) => self.apply(&mut inner, change),
-                FeedItem::Resync { rev, objects } => Self::resync(&mut inner, rev, objects),
-            };
-            if let Err(error) = applied {
-                // Only a value that is not JSON gets here, which this server never writes;
-                // skipping it keeps the rest of the cache serving.
-                tracing::error!(%error, "watch cache skipped an undecodable value");
+            for item in batch {
+                match item {
+                    Decoded::Change { rev, key, object } => {
+                        Self::apply(&mut inner, rev, key, object)
+                    }
+                    Decoded::Resync { rev, objects } => Self::resync(&mut inner, rev, objects),
+                    Decoded::Undecodable { rev } => inner.rev = inner.rev.max(rev),
+                }
             }
             self.rev_tx.send_replace(inner.rev);
+            let rev = inner.rev;
+            let (ready, waiting) = std::mem::take(&mut inner.waiters)
+                .into_iter()
+                .partition(|(wanted, _)| *wanted <= rev);
+            inner.waiters = waiting;
             drop(inner);
-            self.applied.notify_all();
+            wake(ready);
         }
-        self.lock().closed = true;
-        self.applied.notify_all();
+        let mut inner = self.lock();
+        inner.closed = true;
+        let all = std::mem::take(&mut inner.waiters);
+        drop(inner);
+        wake(all);
     }
 
-    fn apply(&self, inner: &mut Inner, change: Change) -> Result<(), StoreError> {
-        if change.rev <= inner.rev {
+    fn apply(inner: &mut Inner, rev: u64, key: String, object: Option<Arc<Cached>>) {
+        if rev <= inner.rev {
             // Already in the snapshot the cache was loaded from.
-            return Ok(());
+            return;
         }
-        inner.rev = change.rev;
-        let prev = inner.objects.get(&change.key).cloned();
-        let event = match change.value {
-            Some(value) => {
-                let object = Arc::new(decode(value, change.rev)?);
-                inner.objects.insert(change.key.clone(), object.clone());
+        inner.rev = rev;
+        let prev = inner.objects.get(&key).cloned();
+        let event = match (object, prev) {
+            (Some(object), prev) => {
+                inner.objects.insert(key.clone(), object.clone());
                 Event {
-                    rev: change.rev,
+                    rev,
                     type_: if prev.is_some() {
                         EventType::Modified
                     } else {
                         EventType::Added
                     },
-                    key: change.key,
+                    key,
                     object,
                     prev,
                     frame: Default::default(),
                 }
             }
-            None => {
-                inner.objects.remove(&change.key);
-                let last = match &prev {
-                    Some(prev) => prev.at(change.rev),
-                    None => decode(b"{}".to_vec(), change.rev)?,
-                };
+            (None, Some(prev)) => {
+                inner.objects.remove(&key);
                 Event {
-                    rev: change.rev,
+                    rev,
                     type_: EventType::Deleted,
-                    key: change.key,
-                    object: Arc::new(last),
-                    prev,
+                    key,
+                    object: Arc::new(prev.at(rev)),
+                    prev: Some(prev),
                     frame: Default::default(),
                 }
             }
+            // A deletion of what the cache never held: no watcher saw it, nothing to announce.
+            (None, None) => return,
         };
         inner.events.push_back(Arc::new(event));
         while inner.events.len() > inner.capacity {
@@ -341,19 +376,43 @@ impl Shared {
                 inner.history_start = old.rev;
             }
         }
-        Ok(())
     }
 
     /// The store lost the thread (etcd compaction): start over from its snapshot. Every watch
     /// and paginated list from before gets 410 Expired, so clients re-list, as with
     /// kube-apiserver after a compaction.
-    fn resync(inner: &mut Inner, rev: u64, objects: Vec<KeyValue>) -> Result<(), StoreError> {
-        inner.objects = decode_all(objects)?;
+    fn resync(inner: &mut Inner, rev: u64, objects: BTreeMap<String, Arc<Cached>>) {
+        inner.objects = objects;
         inner.events.clear();
         inner.history_start = rev;
         inner.rev = rev;
-        Ok(())
     }
+}
+
+fn wake(waiters: Vec<(u64, Thread)>) {
+    for (_, thread) in waiters {
+        thread.unpark();
+    }
+}
+
+fn decode_item(item: FeedItem) -> Decoded {
+    let (rev, decoded) = match item {
+        FeedItem::Change(Change { rev, key, value }) => (
+            rev,
+            value
+                .map(|v| decode(v, rev).map(Arc::new))
+                .transpose()
+                .map(|object| Decoded::Change { rev, key, object }),
+        ),
+        FeedItem::Resync { rev, objects } => (
+            rev,
+            decode_all(objects).map(|objects| Decoded::Resync { rev, objects }),
+        ),
+    };
+    decoded.unwrap_or_else(|error| {
+        tracing::error!(%error, rev, "watch cache skipped an undecodable value");
+        Decoded::Undecodable { rev }
+    })
 }
 
 fn decode_all(kvs: Vec<KeyValue>) -> Result<BTreeMap<String, Arc<Cached>>, StoreError> {

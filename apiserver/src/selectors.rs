@@ -194,7 +194,6 @@ impl LabelSelector {
             }
         })
     }
-
 }
 
 /// A parsed `fieldSelector`: `field=value`, `field==value`, `field!=value`, comma-separated.

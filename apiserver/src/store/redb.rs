@@ -22,6 +22,11 @@ const OBJECTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("objec
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 
+/// redb's page cache (1 GiB by default). Reads are served by the watch cache, so redb's own
+/// cache only speeds up the B-tree walks of writes, and the kernel's page cache holds the file
+/// anyway.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Upper bound on one group commit, so one huge burst cannot starve the writers behind it.
 const MAX_BATCH: usize = 1024;
 
@@ -58,7 +63,10 @@ fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
 
 impl RedbStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(backend)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(backend)?;
         // Create the tables up front so that read transactions never see them missing.
         let txn = db.begin_write().map_err(backend)?;
         {
