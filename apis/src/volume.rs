@@ -7,8 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{cel, Conditions, DeletionPolicy};
 
-/// A Volume is a virtual disk. A `Root` volume is cloned from an image and boots its VM; a
-/// `Data` volume is blank, sized directly or by a DiskOffering, and attached to at most one VM.
+/// Finalizer the Volume controller holds until no host has the volume's disk attached.
+pub const VOLUME_FINALIZER: &str = "strata.io/volume-cleanup";
+
+/// A Volume is a virtual disk. A `Root` volume is cloned from an image and boots its VM (the VM
+/// controller creates it, owned by the VM); a `Data` volume is blank, sized directly or by a
+/// DiskOffering, and attached to the VM whose `spec.dataVolumes` lists it (at most one VM at a
+/// time: `status.virtualMachine` says which). On local storage a data volume is created on the
+/// host of the first VM it is attached to, and stays on that host.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "strata.io",
@@ -21,11 +27,11 @@ use crate::{cel, Conditions, DeletionPolicy};
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"VM","type":"string","jsonPath":".spec.virtualMachine"}"#,
+    printcolumn = r#"{"name":"VM","type":"string","jsonPath":".status.virtualMachine"}"#,
     printcolumn = r#"{"name":"Storage","type":"string","priority":1,"jsonPath":".status.primaryStorage"}"#,
     printcolumn = r#"{"name":"Host","type":"string","priority":1,"jsonPath":".status.host"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    selectable = ".spec.virtualMachine",
+    selectable = ".status.virtualMachine",
     selectable = ".status.host",
     selectable = ".status.phase"
 )]
@@ -40,7 +46,8 @@ pub struct VolumeSpec {
     #[serde(rename = "type")]
     #[x_kube(validation = cel::immutable("type"))]
     pub volume_type: VolumeType,
-    /// Size of the disk; for a Root volume, at least the image's virtual size.
+    /// Size of the disk; for a Root volume, at least the image's virtual size. It can grow
+    /// (live, on a running VM), never shrink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = cel::positive_quantity("size"))]
     pub size: Option<Quantity>,
@@ -57,10 +64,10 @@ pub struct VolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub primary_storage: Option<String>,
-    /// VirtualMachine (same namespace) the volume is attached to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
-    pub virtual_machine: Option<String>,
+    /// Delete this data volume when the VirtualMachine it is attached to is deleted; by
+    /// default it is detached and kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_with_virtual_machine: bool,
     /// What deleting the Volume does to its disk.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -114,6 +121,15 @@ pub struct VolumeStatus {
     /// The Host holding the disk, for LocalStorage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The VirtualMachine (same namespace) the volume is attached to, being attached to or
+    /// being detached from. The first VM whose `spec.dataVolumes` lists the volume gets it;
+    /// others are refused (their `VolumesReady` condition says `VolumeInUse`) until it is
+    /// detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<String>,
+    /// Guest device name while attached, e.g. `vdb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Path (or URL) of the disk on its storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,

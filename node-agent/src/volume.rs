@@ -1,0 +1,136 @@
+//! The agent's side of volumes: the instance's disks as the driver takes them, and the disks
+//! the hypervisor has attached, reported back in the instance's `status.disks` for the
+//! controllers (the Volume controller reads attachment, size and path from there). The agent
+//! decides nothing here: devices, serials and sizes come resolved in `spec.disks`.
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{
+    api::{Patch, PatchParams},
+    Api, ResourceExt,
+};
+use serde_json::json;
+use strata_apis::{quantity, VirtualMachineInstance, VmiDiskStatus, VolumeType};
+use tracing::warn;
+
+use crate::{
+    driver::{DataDisk, Hypervisor},
+    instance::domain_name,
+    Error,
+};
+
+/// The name of a Volume's disk on the host's storage. Namespaces are DNS labels (no dots), so
+/// the first dot separates them, as in domain names.
+fn storage_name(namespace: &str, volume: &str) -> String {
+    format!("{namespace}.{volume}")
+}
+
+/// The root disk's size (the image's own when unset) and the data disks of `vmi`.
+pub(crate) fn disks(vmi: &VirtualMachineInstance) -> Result<(Option<u64>, Vec<DataDisk>), String> {
+    let namespace = vmi.namespace().unwrap_or_default();
+    let bytes = |i: usize, q: &Quantity| {
+        quantity::parse_quantity(q).map_err(|e| format!("spec.disks[{i}].size {:?}: {e}", q.0))
+    };
+    let mut root = None;
+    let mut data = Vec::new();
+    for (i, disk) in vmi.spec.disks.iter().enumerate() {
+        let size = disk.size.as_ref().map(|q| bytes(i, q)).transpose()?;
+        match disk.volume_type {
+            VolumeType::Root => root = size,
+            VolumeType::Data => data.push(DataDisk {
+                volume: storage_name(&namespace, &disk.name),
+                device: disk.device.clone(),
+                serial: disk.serial.clone(),
+                size_bytes: size
+                    .ok_or_else(|| format!("spec.disks[{i}].size is required for a Data disk"))?,
+            }),
+        }
+    }
+    Ok((root, data))
+}
+
+/// Publishes the disks the hypervisor has attached in `status.disks`, when they changed. A
+/// driver that cannot say is logged, not fatal: the next reconcile asks again.
+pub(crate) async fn report(
+    api: &Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    driver: &dyn Hypervisor,
+) -> Result<(), Error> {
+    let name = domain_name(vmi);
+    let attached = match driver.disks(&name).await {
+        Ok(attached) => attached,
+        Err(error) => {
+            warn!(domain = %name, %error, "cannot list the domain's disks");
+            return Ok(());
+        }
+    };
+    let prefix = storage_name(&vmi.namespace().unwrap_or_default(), "");
+    let disks: Vec<VmiDiskStatus> = attached
+        .into_iter()
+        .filter_map(|d| {
+            Some(VmiDiskStatus {
+                name: d.volume.strip_prefix(&prefix)?.to_string(),
+                device: d.device,
+                size: Quantity(d.size_bytes.to_string()),
+                path: d.path,
+                ..VmiDiskStatus::default()
+            })
+        })
+        .collect();
+    let current = vmi
+        .status
+        .as_ref()
+        .map(|s| s.disks.as_slice())
+        .unwrap_or(&[]);
+    if current == disks.as_slice() {
+        return Ok(());
+    }
+    api.patch_status(
+        &vmi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "disks": disks } })),
+    )
+    .await
+    .map_err(|source| Error::UpdateStatus {
+        instance: format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any()),
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_apis::VmiDisk;
+
+    use super::*;
+
+    #[test]
+    fn the_instances_disks_become_the_domains() {
+        let mut vmi = VirtualMachineInstance::new("a", Default::default());
+        vmi.metadata.namespace = Some("ns".into());
+        let disk = |name: &str, volume_type, size: Option<&str>| VmiDisk {
+            name: name.into(),
+            volume_type,
+            device: "vdb".into(),
+            serial: "s".into(),
+            size: size.map(|s| Quantity(s.into())),
+            ..VmiDisk::default()
+        };
+        vmi.spec.disks = vec![
+            disk("a-root", VolumeType::Root, None),
+            disk("d", VolumeType::Data, Some("1Gi")),
+        ];
+        let (root, data) = disks(&vmi).expect("valid");
+        assert_eq!(root, None, "the image's size");
+        assert_eq!(
+            data,
+            [DataDisk {
+                volume: "ns.d".into(),
+                device: "vdb".into(),
+                serial: "s".into(),
+                size_bytes: 1 << 30,
+            }]
+        );
+        vmi.spec.disks[1].size = Some(Quantity("big".into()));
+        assert!(disks(&vmi).unwrap_err().starts_with("spec.disks[1].size"));
+    }
+}
