@@ -1,6 +1,6 @@
 //! Volumes through the API, against the in-process control plane with a simulated host: the
-//! root volume a VM gets and loses with it, and a data volume attached to a running VM, grown,
-//! refused to a second VM, detached and handed over.
+//! root volume a VM gets and loses with it; a data volume attached to a running VM, grown,
+//! refused to a second VM, detached and handed over; snapshots taken, reverted to and deleted.
 
 use std::time::Duration;
 
@@ -12,8 +12,9 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     condition::{READY, VOLUMES_READY},
-    DiskOffering, DiskOfferingSpec, RunStrategy, VirtualMachine, VirtualMachineInstance,
-    VirtualMachineSpec, VmNic, VmPhase, Volume, VolumePhase, VolumeSpec, VolumeStatus, VolumeType,
+    DiskOffering, DiskOfferingSpec, RestorePhase, RunStrategy, SnapshotPhase, VirtualMachine,
+    VirtualMachineInstance, VirtualMachineSpec, VmNic, VmPhase, Volume, VolumePhase, VolumeRestore,
+    VolumeRestoreSpec, VolumeSnapshot, VolumeSnapshotSpec, VolumeSpec, VolumeStatus, VolumeType,
 };
 use strata_node_agent::Hypervisor;
 
@@ -326,4 +327,96 @@ async fn a_data_volume_sized_by_a_missing_offering_says_so_until_it_exists() {
         sized.status.and_then(|s| s.observed_generation),
         sized.metadata.generation
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_taken_reverted_to_and_deleted_by_the_volumes_host() {
+    let plane = start(&["host-a"], Duration::from_secs(10)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let volumes: Api<Volume> = Api::namespaced(client.clone(), NS);
+    let snapshots: Api<VolumeSnapshot> = Api::namespaced(client.clone(), NS);
+    let restores: Api<VolumeRestore> = Api::namespaced(client.clone(), NS);
+    let data = VolumeSpec {
+        volume_type: VolumeType::Data,
+        size: Some(Quantity("1Gi".into())),
+        ..VolumeSpec::default()
+    };
+    create(&volumes, Volume::new("data-s", data)).await;
+    let mut with_data = vm("vm-s");
+    with_data.spec.data_volumes = vec!["data-s".into()];
+    create(&Api::namespaced(client.clone(), NS), with_data).await;
+    wait_volume(&client, "data-s", "attached", |s| {
+        s.phase == Some(VolumePhase::Attached)
+    })
+    .await;
+    let host = &plane.drivers[0];
+    host.write_volume("it.data-s", "before");
+
+    let snapshot = |name: &str| {
+        VolumeSnapshot::new(
+            name,
+            VolumeSnapshotSpec {
+                volume: "data-s".into(),
+                description: None,
+            },
+        )
+    };
+    create(&snapshots, snapshot("snap-1")).await;
+    let taken = wait_for(&client, "snap-1 to be taken", || async {
+        let s = snapshots.get("snap-1").await.ok()?.status?;
+        (s.phase == Some(SnapshotPhase::Ready)).then_some(s)
+    })
+    .await;
+    assert_eq!(taken.host.as_deref(), Some("host-a"));
+    assert_eq!(taken.size, Some(Quantity((1u64 << 30).to_string())));
+    host.write_volume("it.data-s", "after");
+
+    let restore = |name: &str, snapshot: &str| {
+        VolumeRestore::new(
+            name,
+            VolumeRestoreSpec {
+                volume: "data-s".into(),
+                snapshot: snapshot.into(),
+            },
+        )
+    };
+    create(&restores, restore("back", "snap-1")).await;
+    wait_for(&client, "the restore to succeed", || async {
+        let s = restores.get("back").await.ok()?.status?;
+        (s.phase == Some(RestorePhase::Succeeded)).then_some(())
+    })
+    .await;
+    assert_eq!(host.volume_content("it.data-s").as_deref(), Some("before"));
+
+    create(&restores, restore("nowhere", "no-such-snapshot")).await;
+    let failed = wait_for(&client, "the bad restore to fail", || async {
+        let s = restores.get("nowhere").await.ok()?.status?;
+        (s.phase == Some(RestorePhase::Failed)).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        condition(&failed.conditions, READY).2,
+        "spec.snapshot: VolumeSnapshot \"no-such-snapshot\" not found"
+    );
+
+    snapshots
+        .delete("snap-1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(&client, "snap-1 to go", || async {
+        snapshots
+            .get_opt("snap-1")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let disks = host.disks("it.vm-s").await.expect("disks");
+    let data_disk = disks
+        .iter()
+        .find(|d| d.volume == "it.data-s")
+        .expect("still attached");
+    assert!(data_disk.snapshots.is_empty(), "{:?}", data_disk.snapshots);
 }

@@ -3,6 +3,8 @@
 //! controllers (the Volume controller reads attachment, size and path from there). The agent
 //! decides nothing here: devices, serials and sizes come resolved in `spec.disks`.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{
     api::{Patch, PatchParams},
@@ -24,20 +26,35 @@ fn storage_name(namespace: &str, volume: &str) -> String {
     format!("{namespace}.{volume}")
 }
 
-/// The root disk's size (the image's own when unset) and the data disks of `vmi`.
-pub(crate) fn disks(vmi: &VirtualMachineInstance) -> Result<(Option<u64>, Vec<DataDisk>), String> {
+/// An instance's disks as a driver takes them.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Disks {
+    /// The root disk's size; the image's own when unset.
+    pub root_bytes: Option<u64>,
+    pub data: Vec<DataDisk>,
+    /// The snapshots each disk holds, by volume on the host's storage.
+    pub snapshots: BTreeMap<String, Vec<String>>,
+}
+
+/// The disks of `vmi`.
+pub(crate) fn disks(vmi: &VirtualMachineInstance) -> Result<Disks, String> {
     let namespace = vmi.namespace().unwrap_or_default();
     let bytes = |i: usize, q: &Quantity| {
         quantity::parse_quantity(q).map_err(|e| format!("spec.disks[{i}].size {:?}: {e}", q.0))
     };
-    let mut root = None;
-    let mut data = Vec::new();
+    let mut disks = Disks::default();
     for (i, disk) in vmi.spec.disks.iter().enumerate() {
         let size = disk.size.as_ref().map(|q| bytes(i, q)).transpose()?;
+        let volume = storage_name(&namespace, &disk.name);
+        if !disk.snapshots.is_empty() {
+            disks
+                .snapshots
+                .insert(volume.clone(), disk.snapshots.clone());
+        }
         match disk.volume_type {
-            VolumeType::Root => root = size,
-            VolumeType::Data => data.push(DataDisk {
-                volume: storage_name(&namespace, &disk.name),
+            VolumeType::Root => disks.root_bytes = size,
+            VolumeType::Data => disks.data.push(DataDisk {
+                volume,
                 device: disk.device.clone(),
                 serial: disk.serial.clone(),
                 size_bytes: size
@@ -45,7 +62,7 @@ pub(crate) fn disks(vmi: &VirtualMachineInstance) -> Result<(Option<u64>, Vec<Da
             }),
         }
     }
-    Ok((root, data))
+    Ok(disks)
 }
 
 /// Publishes the disks the hypervisor has attached in `status.disks`, when they changed. A
@@ -56,6 +73,32 @@ pub(crate) async fn report(
     driver: &dyn Hypervisor,
 ) -> Result<(), Error> {
     let name = domain_name(vmi);
+    let namespace = vmi.namespace().unwrap_or_default();
+    let current = vmi
+        .status
+        .as_ref()
+        .map(|s| s.disks.as_slice())
+        .unwrap_or(&[]);
+    let mut reverted: BTreeMap<String, Option<String>> = current
+        .iter()
+        .map(|d| (d.name.clone(), d.reverted.clone()))
+        .collect();
+    for disk in &vmi.spec.disks {
+        let Some(revert) = &disk.revert else { continue };
+        let done = reverted.get(&disk.name).cloned().flatten();
+        if done.as_deref() == Some(revert.request.as_str()) {
+            continue;
+        }
+        let volume = storage_name(&namespace, &disk.name);
+        match driver.revert_disk(&name, &volume, &revert.snapshot).await {
+            Ok(()) => {
+                reverted.insert(disk.name.clone(), Some(revert.request.clone()));
+            }
+            Err(error) => {
+                warn!(domain = %name, volume = %disk.name, %error, "cannot revert the volume")
+            }
+        }
+    }
     let attached = match driver.disks(&name).await {
         Ok(attached) => attached,
         Err(error) => {
@@ -63,24 +106,21 @@ pub(crate) async fn report(
             return Ok(());
         }
     };
-    let prefix = storage_name(&vmi.namespace().unwrap_or_default(), "");
+    let prefix = storage_name(&namespace, "");
     let disks: Vec<VmiDiskStatus> = attached
         .into_iter()
         .filter_map(|d| {
+            let name = d.volume.strip_prefix(&prefix)?.to_string();
             Some(VmiDiskStatus {
-                name: d.volume.strip_prefix(&prefix)?.to_string(),
+                reverted: reverted.get(&name).cloned().flatten(),
+                name,
                 device: d.device,
                 size: Quantity(d.size_bytes.to_string()),
                 path: d.path,
-                ..VmiDiskStatus::default()
+                snapshots: d.snapshots,
             })
         })
         .collect();
-    let current = vmi
-        .status
-        .as_ref()
-        .map(|s| s.disks.as_slice())
-        .unwrap_or(&[]);
     if current == disks.as_slice() {
         return Ok(());
     }
@@ -119,10 +159,12 @@ mod tests {
             disk("a-root", VolumeType::Root, None),
             disk("d", VolumeType::Data, Some("1Gi")),
         ];
-        let (root, data) = disks(&vmi).expect("valid");
-        assert_eq!(root, None, "the image's size");
+        vmi.spec.disks[1].snapshots = vec!["s1".into()];
+        let got = disks(&vmi).expect("valid");
+        assert_eq!(got.root_bytes, None, "the image's size");
+        assert_eq!(got.snapshots["ns.d"], ["s1"]);
         assert_eq!(
-            data,
+            got.data,
             [DataDisk {
                 volume: "ns.d".into(),
                 device: "vdb".into(),

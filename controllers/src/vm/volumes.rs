@@ -8,15 +8,18 @@
 //! cannot be attached does not stop the VM: `VolumesReady` says why, and the VM runs with
 //! the disks it has. A root volume that cannot be created does.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     Api, Resource, ResourceExt,
 };
 use serde_json::json;
 use strata_apis::{
-    condition::VOLUMES_READY, VirtualMachine, VirtualMachineStatus, VmVolumeStatus, VmiDisk,
-    Volume, VolumeSpec, VolumeType,
+    condition::VOLUMES_READY, RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineStatus,
+    VmVolumeStatus, VmiDisk, VmiRevert, Volume, VolumeRestore, VolumeSnapshot, VolumeSpec,
+    VolumeType,
 };
 
 use super::{vm_key, Problem, Resolved};
@@ -34,18 +37,15 @@ pub(crate) fn root_name(vm_name: &str) -> String {
     format!("{vm_name}-root")
 }
 
-/// Whether `volume` is (or could become) one of `vm`'s disks.
-pub(crate) fn uses(vm: &VirtualMachine, volume: &Volume) -> bool {
-    if vm.namespace() != volume.namespace() {
-        return false;
-    }
-    let name = volume.name_any();
-    name == root_name(&vm.name_any())
-        || vm.spec.data_volumes.contains(&name)
-        || vm
-            .status
-            .as_ref()
-            .is_some_and(|s| s.volumes.iter().any(|v| v.name == name))
+/// Whether the volume `name` of `namespace` is (or could become) one of `vm`'s disks.
+pub(crate) fn uses(vm: &VirtualMachine, namespace: Option<String>, name: &str) -> bool {
+    vm.namespace() == namespace
+        && (name == root_name(&vm.name_any())
+            || vm.spec.data_volumes.iter().any(|v| v == name)
+            || vm
+                .status
+                .as_ref()
+                .is_some_and(|s| s.volumes.iter().any(|v| v.name == name)))
 }
 
 /// `current` with the root volume's primary storage recorded, for the status write that
@@ -107,6 +107,7 @@ pub(crate) async fn allocate(
         size: size_of(&root),
         ..VmiDisk::default()
     }];
+    let plan = snapshot_plan(ctx, &namespace).await?;
     let mut volumes = vec![VmVolumeStatus {
         name: root.name_any(),
         volume_type: VolumeType::Root,
@@ -150,6 +151,11 @@ pub(crate) async fn allocate(
         }
     }
 
+    for disk in &mut disks {
+        disk.snapshots = plan.snapshots.get(&disk.name).cloned().unwrap_or_default();
+        disk.revert = plan.reverts.get(&disk.name).cloned();
+    }
+
     let ready = match waiting.first() {
         None => Desired::new(
             VOLUMES_READY,
@@ -185,6 +191,81 @@ pub(crate) async fn allocate(
         events::publish(&ctx.recorder, vm, transitions(current, &status)).await;
     }
     Ok(Ok(Allocated { status, disks }))
+}
+
+/// What the hosts must make true of the snapshots of a namespace's volumes.
+#[derive(Debug, Default, PartialEq)]
+struct SnapshotPlan {
+    /// The VolumeSnapshots (not being deleted) of each volume, by name.
+    snapshots: BTreeMap<String, Vec<String>>,
+    /// The revert each volume owes its oldest unfinished VolumeRestore, once the snapshot it
+    /// names is taken.
+    reverts: BTreeMap<String, VmiRevert>,
+}
+
+async fn snapshot_plan(ctx: &Context, namespace: &str) -> Result<SnapshotPlan, Error> {
+    let failed = |kind| {
+        move |source| Error::List {
+            kind,
+            owner: namespace.to_string(),
+            source,
+        }
+    };
+    let snapshots = Api::<VolumeSnapshot>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("VolumeSnapshot"))?;
+    let restores = Api::<VolumeRestore>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("VolumeRestore"))?;
+    Ok(plan(&snapshots.items, &restores.items))
+}
+
+/// Pure: the plan for `snapshots` and `restores`.
+fn plan(snapshots: &[VolumeSnapshot], restores: &[VolumeRestore]) -> SnapshotPlan {
+    let mut plan = SnapshotPlan::default();
+    for snapshot in snapshots
+        .iter()
+        .filter(|s| s.meta().deletion_timestamp.is_none())
+    {
+        plan.snapshots
+            .entry(snapshot.spec.volume.clone())
+            .or_default()
+            .push(snapshot.name_any());
+    }
+    for list in plan.snapshots.values_mut() {
+        list.sort();
+    }
+    let taken = |name: &str, volume: &str| {
+        snapshots.iter().any(|s| {
+            s.name_any() == name
+                && s.spec.volume == volume
+                && s.status.as_ref().and_then(|s| s.phase) == Some(SnapshotPhase::Ready)
+        })
+    };
+    let mut pending: Vec<&VolumeRestore> = restores
+        .iter()
+        .filter(|r| {
+            r.status.as_ref().and_then(|s| s.phase).unwrap_or_default() == RestorePhase::InProgress
+        })
+        .filter(|r| taken(&r.spec.snapshot, &r.spec.volume))
+        .collect();
+    pending.sort_by_key(|r| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.name_any(),
+        )
+    });
+    for restore in pending {
+        plan.reverts
+            .entry(restore.spec.volume.clone())
+            .or_insert_with(|| VmiRevert {
+                snapshot: restore.spec.snapshot.clone(),
+                request: restore.uid().unwrap_or_default(),
+            });
+    }
+    plan
 }
 
 /// The root Volume of `vm`, created if absent (owned by the VM, so deleting the VM removes it).
@@ -467,6 +548,58 @@ mod tests {
         assert_eq!(
             message.as_deref(),
             Some("spec.dataVolumes: Volume \"d\" is attached to VirtualMachine \"b\"")
+        );
+    }
+
+    #[test]
+    fn a_restore_waits_for_its_snapshot_and_goes_in_order() {
+        let snapshot = |name: &str, phase| {
+            let mut s = VolumeSnapshot::new(
+                name,
+                strata_apis::VolumeSnapshotSpec {
+                    volume: "d".into(),
+                    description: None,
+                },
+            );
+            s.status = Some(strata_apis::VolumeSnapshotStatus {
+                phase: Some(phase),
+                ..Default::default()
+            });
+            s
+        };
+        let restore = |name: &str, snapshot: &str, phase| {
+            let mut r = VolumeRestore::new(
+                name,
+                strata_apis::VolumeRestoreSpec {
+                    volume: "d".into(),
+                    snapshot: snapshot.into(),
+                },
+            );
+            r.metadata.uid = Some(format!("uid-{name}"));
+            r.status = Some(strata_apis::VolumeRestoreStatus {
+                phase,
+                ..Default::default()
+            });
+            r
+        };
+        let snapshots = [
+            snapshot("s2", SnapshotPhase::Creating),
+            snapshot("s1", SnapshotPhase::Ready),
+        ];
+        let restores = [
+            restore("done", "s1", Some(RestorePhase::Succeeded)),
+            restore("early", "s2", None),
+            restore("late", "s1", None),
+        ];
+        let plan = plan(&snapshots, &restores);
+        assert_eq!(plan.snapshots["d"], ["s1", "s2"]);
+        assert_eq!(
+            plan.reverts["d"],
+            VmiRevert {
+                snapshot: "s1".into(),
+                request: "uid-late".into()
+            },
+            "s2 is not taken yet; the finished restore is not done again"
         );
     }
 
