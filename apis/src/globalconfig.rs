@@ -11,7 +11,8 @@ use crate::{Conditions, DeletionPolicy};
 pub const GLOBAL_CONFIG_NAME: &str = "default";
 
 /// GlobalConfig holds the defaults ZStack keeps in its global configuration: deletion
-/// policies and expunge periods, overcommit ratios, host heartbeat timeout. There is one
+/// policies and expunge periods, overcommit ratios, host heartbeat timeout and maintenance
+/// policy, live migration limits, HA restart delay. There is one
 /// object, named `default`; controllers watch it, so a change takes effect without a restart.
 /// Clusters can override the overcommit ratios.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -45,6 +46,81 @@ pub struct GlobalConfigSpec {
     /// Overcommit for placement.
     #[serde(default)]
     pub allocation: AllocationConfig,
+    /// Live migration limits.
+    #[serde(default)]
+    pub migration: MigrationConfig,
+    /// What happens to VMs when their host fails.
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// How many live migrations may run at once (KubeVirt's defaults: 5 per cluster, 2 outbound
+/// per node). Migrations beyond the limits wait in `Pending`.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationConfig {
+    /// Migrations running at once out of the hosts of one cluster.
+    #[serde(default = "per_cluster")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub parallel_migrations_per_cluster: i32,
+    /// Migrations running at once out of one host.
+    #[serde(default = "outbound_per_host")]
+    #[schemars(range(min = 1, max = 100))]
+    pub parallel_outbound_migrations_per_host: i32,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            parallel_migrations_per_cluster: per_cluster(),
+            parallel_outbound_migrations_per_host: outbound_per_host(),
+        }
+    }
+}
+
+fn per_cluster() -> i32 {
+    5
+}
+
+fn outbound_per_host() -> i32 {
+    2
+}
+
+/// High availability: restarting VMs of failed hosts elsewhere.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HaConfig {
+    /// How long a host stays Disconnected before its VMs with `haPolicy: Restart` (and volumes
+    /// on shared storage) are restarted on other hosts. Agents fence themselves (stop their
+    /// VMs) once they have not renewed their lease for its duration, so this margin after the
+    /// lease expired is what keeps a VM from running twice.
+    #[serde(default = "restart_after")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub restart_after_seconds: i32,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        Self {
+            restart_after_seconds: restart_after(),
+        }
+    }
+}
+
+fn restart_after() -> i32 {
+    30
+}
+
+/// What a host's drain does with VMs that cannot be live-migrated (volumes on local storage)
+/// or whose migration failed (ZStack's `StopVmOnMigrationFailure`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum MaintenancePolicy {
+    /// Stop them (`runStrategy: Halted`, with an Event); the host empties.
+    #[default]
+    StopVms,
+    /// Leave them running and report them in the host's `Drained` condition; the operator
+    /// moves or stops them.
+    Refuse,
 }
 
 /// How deleted VMs are kept.
@@ -119,6 +195,9 @@ pub struct HostConfig {
     #[serde(default = "reserved_memory")]
     #[x_kube(validation = Rule::new("isQuantity(string(self))").message("reservedMemory must be a quantity"))]
     pub reserved_memory: Quantity,
+    /// What entering Maintenance does with VMs that cannot be live-migrated.
+    #[serde(default)]
+    pub maintenance_policy: MaintenancePolicy,
 }
 
 impl Default for HostConfig {
@@ -127,6 +206,7 @@ impl Default for HostConfig {
             heartbeat_timeout_seconds: heartbeat_timeout(),
             reserved_cpu: 0,
             reserved_memory: reserved_memory(),
+            maintenance_policy: MaintenancePolicy::default(),
         }
     }
 }

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{cel, Conditions};
 
+/// Host condition: True once a `Maintenance` host runs no VM; its reason says what holds the
+/// drain up otherwise.
+pub const DRAINED: &str = "Drained";
+
 /// A Host is one hypervisor server in a cluster. Its node agent creates it on first start,
 /// reports its capacity in status and renews a Lease named after it in `strata-system`;
 /// the host controller turns it Connected while that lease is fresh. What the operator wants
@@ -114,7 +118,11 @@ pub struct HostStatus {
     /// How far emptying the host has come while its admin state is `Maintenance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<crate::Progress>,
-    /// `Ready` is True while the agent heartbeats.
+    /// How many VMs the host ran when its drain began; the progress counts against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_total: Option<i64>,
+    /// `Ready` is True while the agent heartbeats; `Drained` says how a Maintenance drain
+    /// goes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,
 }

@@ -87,3 +87,50 @@ pub struct VirtualMachineMigrationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,
 }
+
+/// The part of an instance a live migration adds, written by the migration controller: the
+/// source host's agent moves the running domain to `targetHost`. The instance's `host` stays
+/// the source until the source's agent reports the move complete; then the VM controller
+/// changes `host` and removes this section in one write, so no moment has two hosts owning
+/// the instance.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiMigration {
+    /// The VirtualMachineMigration (same namespace) asking for the move.
+    pub migration: String,
+    /// The Host the domain moves to.
+    pub target_host: String,
+}
+
+/// Where the source host's agent is with a live migration.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, JsonSchema, PartialEq, Eq)]
+pub enum VmiMigrationPhase {
+    /// Memory is being copied; the domain still runs on the source.
+    #[default]
+    Running,
+    /// The domain runs on the target and is gone from the source.
+    Completed,
+    /// The move failed; the domain still runs on the source.
+    Failed,
+}
+
+/// A live migration as the source host's agent reports it in the instance's status.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiMigrationStatus {
+    /// The VirtualMachineMigration this reports on.
+    pub migration: String,
+    /// Where the move is.
+    #[serde(default)]
+    pub phase: VmiMigrationPhase,
+    /// Share of the memory copied, 0 to 100.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: i32,
+    /// Why the move failed, as a CamelCase reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the hypervisor said about a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
