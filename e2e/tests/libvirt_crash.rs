@@ -25,7 +25,7 @@ fn a_killed_agent_converges_without_leaks() {
     let dir = data_dir();
     let pid = std::process::id();
     let ns = format!("e2e-crash-{pid}");
-    let net = Net::unique("crash", "10.98.0");
+    let net = Net::unique("crash", 0, "10.98.0");
     let mut guard = HostGuard::new(Vec::new());
     guard.domain_prefix = Some(format!("{ns}."));
     guard.network_dir = Some(dir.path().join("agent/network"));
@@ -33,7 +33,7 @@ fn a_killed_agent_converges_without_leaks() {
     let args = ["--driver", "libvirt", "--host-name", host.as_str()];
     let names: Vec<String> = (0..VMS).map(|i| format!("vm-{i}")).collect();
 
-    let mut manifest = inventory(&ns, &image, &sha, Some(&net), 1);
+    let mut manifest = inventory(&ns, &image, &sha, &[&net], 1);
     manifest.push_str(&format!(
         r#"---
 apiVersion: strata.io/v1alpha1

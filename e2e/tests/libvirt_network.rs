@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use libvirt_support::{
     console, data_dir, domain_interface, inventory, link_exists, netns_exists, run, test_image,
-    virsh, HostGuard, Net,
+    virsh, HostGuard, Net, TestNamespace,
 };
 use support::Strata;
 
@@ -26,8 +26,13 @@ fn vms_on_a_real_l3_network_get_their_lease_and_user_data() {
     let dir = data_dir();
     let pid = std::process::id();
     let ns = format!("e2e-net-{pid}");
-    let net = Net::unique("net", "10.99.0");
+    let net = Net::unique("net", 0, "10.99.0");
     let l3 = net.l3.clone();
+    // The "public" side: a Public L3 whose VIPs the agent NATs from the private L3's namespace.
+    let public = Net {
+        public: true,
+        ..Net::unique("pub", 1, "198.51.100")
+    };
     let vms = ["vm-a", "vm-b"];
     let domains: Vec<String> = vms.iter().map(|vm| format!("{ns}.{vm}")).collect();
     let mut guard = HostGuard::new(domains.clone());
@@ -35,10 +40,20 @@ fn vms_on_a_real_l3_network_get_their_lease_and_user_data() {
     let host = format!("e2e-net-{pid}");
     let strata = Strata::start(dir.path(), &["--driver", "libvirt", "--host-name", &host]);
 
-    let mut manifest = inventory(&ns, &image, &sha, Some(&net), 40);
-    // vm-b's NIC is in a security group that lets everything in until the test adds a rule.
+    let mut manifest = inventory(&ns, &image, &sha, &[&net, &public], 40);
+    // vm-b's NIC is in a security group that lets everything in until the test adds a rule;
+    // vm-a has an EIP.
     manifest.push_str(&format!(
         r#"---
+apiVersion: strata.io/v1alpha1
+kind: Eip
+metadata:
+  name: vm-a-eip
+  namespace: {ns}
+spec:
+  l3Network: {public_l3}
+  vmNic: {{virtualMachine: vm-a}}
+---
 apiVersion: strata.io/v1alpha1
 kind: SecurityGroup
 metadata:
@@ -47,7 +62,8 @@ metadata:
 spec:
   defaultIngressPolicy: Accept
   defaultEgressPolicy: Accept
-"#
+"#,
+        public_l3 = public.l3
     ));
     for vm in vms {
         let groups = if vm == "vm-b" { "[open]" } else { "[]" };
@@ -161,6 +177,38 @@ spec:
         );
     }
     eprintln!("both reachable {:?} after apply", started.elapsed());
+
+    // vm-a's EIP: a machine on the public network (a namespace this test plugs into the public
+    // L2's bridge) reaches vm-a's web server at the VIP.
+    let vip = strata.ok(&[
+        "get",
+        "eip",
+        "-n",
+        &ns,
+        "vm-a-eip",
+        "-o",
+        "jsonpath={.status.vip}",
+    ]);
+    assert!(vip.starts_with("198.51.100."), "VIP {vip:?}");
+    strata.eventually("the public L2's bridge", BOOT, || {
+        link_exists(&public.bridge())
+    });
+    guard.record_bridge(&public.bridge());
+    let outside = TestNamespace::on_bridge(
+        &format!("e2e-pub-{pid}"),
+        &public.bridge(),
+        "198.51.100.250/24",
+    );
+    let via_vip = || {
+        let out = outside.exec(&["curl", "-sS", "-m", "3", &format!("http://{vip}/")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let asked = Instant::now();
+    strata.eventually("vm-a to answer on its EIP", BOOT, || {
+        via_vip().contains(&format!("hello from {ns}.vm-a {}", ips[0]))
+    });
+    eprintln!("EIP reached {:?} after the bridge was up", asked.elapsed());
+    drop(outside);
     for (vm, domain, lease, user_data) in lease_checks {
         let log = console(dir.path(), &domain);
         assert!(
@@ -242,9 +290,9 @@ spec:
     });
     // The agent's periodic resync removes the L3 namespace and bridge no instance uses.
     strata.eventually(
-        "the unused L3 namespace and bridge to be removed",
+        "the unused L3 namespace and both bridges to be removed",
         Duration::from_secs(30),
-        || !netns_exists(l3ns) && !link_exists(&taps[0].1),
+        || !netns_exists(l3ns) && !link_exists(&taps[0].1) && !link_exists(&public.bridge()),
     );
     eprintln!(
         "domains and taps removed {:?} after apply",

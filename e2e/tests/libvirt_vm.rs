@@ -26,7 +26,7 @@ fn kubectl_apply_boots_a_real_vm_on_libvirt() {
     let host = format!("e2e-host-{}", std::process::id());
     let strata = Strata::start(dir.path(), &["--driver", "libvirt", "--host-name", &host]);
 
-    let manifest = inventory(&ns, &image, &sha, None, 1)
+    let manifest = inventory(&ns, &image, &sha, &[], 1)
         + &format!(
             r#"---
 apiVersion: strata.io/v1alpha1
@@ -184,7 +184,7 @@ fn a_restarted_agent_removes_orphans_and_keeps_its_vm() {
     let host = format!("e2e-restart-{}", std::process::id());
     let args = ["--driver", "libvirt", "--host-name", host.as_str()];
     let strata = Strata::start(dir.path(), &args);
-    let manifest = inventory(&ns, &image, &sha, None, 1)
+    let manifest = inventory(&ns, &image, &sha, &[], 1)
         + &format!(
             r#"---
 apiVersion: strata.io/v1alpha1

@@ -42,32 +42,46 @@ pub fn data_dir() -> tempfile::TempDir {
     dir
 }
 
-/// A VXLAN L2 (on the loopback VTEP, so nothing touches eth0) with one private L3.
+/// A VXLAN L2 (on the loopback VTEP, so nothing touches eth0) with one L3.
 pub struct Net {
     pub l2: String,
     pub l3: String,
     pub vni: u32,
     /// The L3's /24, as `10.99.0`.
     pub prefix: &'static str,
+    /// A Public L3 (EIPs, port forwarding) rather than a Private one.
+    pub public: bool,
 }
 
 impl Net {
-    /// Names unique to this process: bridges and VXLAN devices live in the host's namespace.
-    pub fn unique(tag: &str, prefix: &'static str) -> Net {
+    /// A private network with names and a VNI unique to this process (bridges and VXLAN
+    /// devices live in the host's namespace); a test's networks have tags and indexes 0 and 1.
+    pub fn unique(tag: &str, index: u32, prefix: &'static str) -> Net {
         let pid = std::process::id();
         Net {
             l2: format!("e2e-{tag}-l2-{pid}"),
             l3: format!("e2e-{tag}-l3-{pid}"),
-            vni: 10_000 + pid % 9_000,
+            vni: 10_000 + (pid % 4_000) * 2 + index % 2,
             prefix,
+            public: false,
         }
+    }
+
+    /// The bridge the agent builds for the L2 on this host.
+    pub fn bridge(&self) -> String {
+        strata_network::names::bridge(&self.l2)
     }
 }
 
-/// The namespace, zone, cluster (attached to `net`'s L2), image, offering `tiny` (1 CPU,
-/// 128Mi) and, with `net`, its VXLAN pool, L2 and L3: what a VM on this host needs.
-pub fn inventory(ns: &str, image: &Path, sha: &str, net: Option<&Net>, dhcp_tries: u32) -> String {
-    let l2s = net.map(|n| format!("[{}]", n.l2)).unwrap_or("[]".into());
+/// The namespace, zone, cluster (attached to the L2 of every net), image, offering `tiny`
+/// (1 CPU, 128Mi) and, with nets, a VXLAN pool and each net's L2 and L3: what VMs on this host
+/// need.
+pub fn inventory(ns: &str, image: &Path, sha: &str, nets: &[&Net], dhcp_tries: u32) -> String {
+    let l2s = nets
+        .iter()
+        .map(|n| n.l2.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut yaml = format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -87,7 +101,7 @@ metadata:
 spec:
   zone: zone-1
   hypervisorType: KVM
-  l2Networks: {l2s}
+  l2Networks: [{l2s}]
 ---
 apiVersion: strata.io/v1alpha1
 kind: Image
@@ -112,14 +126,8 @@ spec:
 "#,
         img = image.display()
     );
-    if let Some(Net {
-        l2,
-        l3,
-        vni,
-        prefix,
-    }) = net
-    {
-        yaml.push_str(&format!(
+    if !nets.is_empty() {
+        yaml.push_str(
             r#"---
 apiVersion: strata.io/v1alpha1
 kind: VxlanPool
@@ -127,9 +135,22 @@ metadata:
   name: pool-1
 spec:
   zone: zone-1
-  vniRange: {{start: 10000, end: 19999}}
+  vniRange: {start: 10000, end: 19999}
   vtepCidr: 127.0.0.0/8
----
+"#,
+        );
+    }
+    for Net {
+        l2,
+        l3,
+        vni,
+        prefix,
+        public,
+    } in nets
+    {
+        let category = if *public { "Public" } else { "Private" };
+        yaml.push_str(&format!(
+            r#"---
 apiVersion: strata.io/v1alpha1
 kind: L2Network
 metadata:
@@ -146,7 +167,7 @@ metadata:
   name: {l3}
 spec:
   l2Network: {l2}
-  category: Private
+  category: {category}
   cidr: {prefix}.0/24
   gateway: {prefix}.1
   ipRanges:
@@ -236,6 +257,50 @@ pub fn domain_interface(domain: &str) -> Option<(String, String)> {
 pub fn console(dir: &Path, domain: &str) -> String {
     std::fs::read_to_string(dir.join("agent/console").join(format!("{domain}.log")))
         .unwrap_or_default()
+}
+
+/// A network namespace the test creates, with a veth whose host end is plugged into `bridge`
+/// and whose inside end (`eth0`) has `address` (CIDR): a machine on that network. Deleted (with
+/// the veth) on drop.
+pub struct TestNamespace(pub String);
+
+impl TestNamespace {
+    pub fn on_bridge(name: &str, bridge: &str, address: &str) -> TestNamespace {
+        let ns = TestNamespace(name.to_string());
+        let host_end = format!("ve{}", std::process::id());
+        let netns = ns.0.as_str();
+        for args in [
+            &["netns", "add", netns][..],
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", netns,
+            ],
+            &["link", "set", &host_end, "master", bridge, "up"],
+            &["-n", netns, "addr", "add", address, "dev", "eth0"],
+            &["-n", netns, "link", "set", "eth0", "up"],
+            &["-n", netns, "link", "set", "lo", "up"],
+        ] {
+            let out = run("ip", args);
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ns
+    }
+
+    /// Runs `cmd` inside the namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut args = vec!["netns", "exec", self.0.as_str()];
+        args.extend_from_slice(cmd);
+        run("ip", &args)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.0]);
+    }
 }
 
 /// Removes what the test's `strata up` created on the host: the domains (listed, or any with
