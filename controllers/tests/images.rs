@@ -14,7 +14,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::{
     api::ListParams,
     runtime::{watcher, WatchStreamExt},
-    Api, Client,
+    Api, Client, ResourceExt,
 };
 use sha2::{Digest, Sha256};
 use strata_apis::{
@@ -314,6 +314,10 @@ async fn a_file_image_is_used_in_place_until_a_store_appears_then_vms_get_the_co
     .await;
     assert_eq!(in_place.phase, Some(ImagePhase::Ready));
     assert_eq!(in_place.install_url, None, "not pretending it was fetched");
+    let written = images.get("local").await.expect("image").resource_version();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = images.get("local").await.expect("image").resource_version();
+    assert_eq!(written, after, "a settled image is not written again");
 
     store(&plane.client, "bs", &dir.path().join("store")).await;
     let seen = follow(&plane.client, "local", "Stored").await;
