@@ -203,30 +203,81 @@ fn claimants(vms: &[VirtualMachine], volume: &Volume) -> Vec<Claimant> {
         .collect()
 }
 
-/// The VMs and instances of the volume's namespace, read fresh: the watch that woke this
-/// reconcile may be ahead of any cache, and a holder decided on stale VMs would stick.
+/// The VMs that may hold the volume and their instances, read fresh: the watch that woke this
+/// reconcile may be ahead of any cache, and a holder decided on stale VMs would stick. A root
+/// volume's VM is its owner (one read, as there is a root volume per VM); a data volume's
+/// are found by listing the namespace's VMs.
 async fn observe(
     ctx: &Context,
     volume: &Volume,
 ) -> Result<(Vec<VirtualMachine>, Vec<VirtualMachineInstance>), Error> {
     let namespace = volume.namespace().unwrap_or_default();
-    let failed = |kind| {
-        let owner = key(volume);
-        move |source| Error::List {
-            kind,
-            owner,
+    let vm_api = Api::<VirtualMachine>::namespaced(ctx.client.clone(), &namespace);
+    let vmi_api = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &namespace);
+    let read = |kind: &'static str, name: &str| {
+        let name = format!("{namespace}/{name}");
+        move |source| Error::Get {
+            kind: kind.into(),
+            name,
             source,
         }
     };
-    let vms = Api::<VirtualMachine>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(failed("VirtualMachine"))?;
-    let vmis = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(failed("VirtualMachineInstance"))?;
-    Ok((vms.items, vmis.items))
+    let holder = volume
+        .status
+        .as_ref()
+        .and_then(|s| s.virtual_machine.clone());
+    let mut vms = Vec::new();
+    match volume.spec.volume_type {
+        VolumeType::Root => {
+            let owners = volume
+                .owner_references()
+                .iter()
+                .filter(|o| o.kind == "VirtualMachine")
+                .map(|o| o.name.clone());
+            for name in owners {
+                if let Some(vm) = vm_api
+                    .get_opt(&name)
+                    .await
+                    .map_err(read("VirtualMachine", &name))?
+                {
+                    vms.push(vm);
+                }
+            }
+        }
+        VolumeType::Data => {
+            vms = vm_api
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| Error::List {
+                    kind: "VirtualMachine",
+                    owner: key(volume),
+                    source,
+                })?
+                .items;
+        }
+    }
+    let name = volume.name_any();
+    let mut instances: Vec<String> = vms
+        .iter()
+        .filter(|vm| {
+            vm.spec.data_volumes.contains(&name) || volume.spec.volume_type == VolumeType::Root
+        })
+        .map(ResourceExt::name_any)
+        .chain(holder)
+        .collect();
+    instances.sort();
+    instances.dedup();
+    let mut vmis = Vec::new();
+    for vm in instances {
+        if let Some(vmi) = vmi_api
+            .get_opt(&vm)
+            .await
+            .map_err(read("VirtualMachineInstance", &vm))?
+        {
+            vmis.push(vmi);
+        }
+    }
+    Ok((vms, vmis))
 }
 
 /// The disk each instance reports for the volume, by VM.
