@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::cached::Cached;
+use crate::routes::{Mailbox, Pin, Routes};
 use crate::store::{Change, Feed, FeedItem, KeyValue, Store, StoreError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,8 @@ struct Inner {
     /// applied, not on every change: with a hundred writers, waking all of them per change
     /// cost more CPU than the writes.
     waiters: Vec<(u64, Thread)>,
+    /// The open watches' mailboxes; every applied event is routed here.
+    routes: Routes,
 }
 
 /// What the cache and its feed thread share.
@@ -136,6 +139,7 @@ impl Cache {
                 rev,
                 closed: false,
                 waiters: Vec::new(),
+                routes: Routes::default(),
             }),
             rev_tx,
         });
@@ -222,19 +226,17 @@ impl Cache {
 
     /// Events after `rev`, plus the revision they bring the caller up to.
     pub fn events_since(&self, rev: u64) -> Result<(Vec<Arc<Event>>, u64), TooOld> {
-        let inner = self.lock();
-        if rev < inner.history_start {
-            return Err(TooOld {
-                requested: rev,
-                oldest: inner.history_start,
-            });
+        self.lock().events_since(rev)
+    }
+
+    /// Opens a mailbox for a watch of the objects under `prefix` (only those whose field
+    /// `pin.path` is `pin.value`, when pinned); it closes when the subscription drops.
+    pub fn subscribe_events(&self, prefix: &str, pin: Option<Pin>) -> Subscription {
+        let mailbox = self.lock().routes.open(prefix, pin);
+        Subscription {
+            shared: self.shared.clone(),
+            mailbox,
         }
-        // Events are in revision order; skip the ones already seen.
-        let skip = inner.events.partition_point(|e| e.rev <= rev);
-        Ok((
-            inner.events.iter().skip(skip).cloned().collect(),
-            inner.rev.max(rev),
-        ))
     }
 
     /// Blocks until the feed has brought the cache to `rev` (or ended).
@@ -287,6 +289,54 @@ impl Cache {
 
     pub fn close(&self) {
         self.store.close();
+    }
+}
+
+/// A watch's feed of events: the ones routed to its mailbox, or the ring's when it lags.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Subscription {
+    /// Events after `last` that may concern this watch, plus the revision they bring it up to.
+    pub fn take(&self, last: u64) -> Result<(Vec<Arc<Event>>, u64), TooOld> {
+        let inner = self.shared.lock();
+        match self.mailbox.take() {
+            Some(events) => Ok((
+                events.into_iter().filter(|e| e.rev > last).collect(),
+                inner.rev.max(last),
+            )),
+            None => inner.events_since(last),
+        }
+    }
+
+    /// Resolves once events arrived since the last take.
+    pub async fn arrived(&self) {
+        self.mailbox.arrived().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.shared.lock().routes.close(&self.mailbox);
+    }
+}
+
+impl Inner {
+    fn events_since(&self, rev: u64) -> Result<(Vec<Arc<Event>>, u64), TooOld> {
+        if rev < self.history_start {
+            return Err(TooOld {
+                requested: rev,
+                oldest: self.history_start,
+            });
+        }
+        // Events are in revision order; skip the ones already seen.
+        let skip = self.events.partition_point(|e| e.rev <= rev);
+        Ok((
+            self.events.iter().skip(skip).cloned().collect(),
+            self.rev.max(rev),
+        ))
     }
 }
 
@@ -370,7 +420,9 @@ impl Shared {
             // A deletion of what the cache never held: no watcher saw it, nothing to announce.
             (None, None) => return,
         };
-        inner.events.push_back(Arc::new(event));
+        let event = Arc::new(event);
+        inner.routes.route(&event);
+        inner.events.push_back(event);
         while inner.events.len() > inner.capacity {
             if let Some(old) = inner.events.pop_front() {
                 inner.history_start = old.rev;
@@ -386,6 +438,7 @@ impl Shared {
         inner.events.clear();
         inner.history_start = rev;
         inner.rev = rev;
+        inner.routes.lag_all();
     }
 }
 
@@ -499,5 +552,95 @@ mod tests {
             .list_at("/registry/x/", None, cache.revision())
             .expect("now");
         assert_eq!(now.len(), 2);
+    }
+
+    #[test]
+    fn watches_pinned_to_a_field_value_get_only_their_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).expect("open"));
+        let cache = Cache::load(store, 10_000).expect("load");
+        let pin = |host: &str| {
+            Some(Pin {
+                path: "spec.host".into(),
+                value: host.into(),
+            })
+        };
+        let start = cache.revision();
+        let h1 = cache.subscribe_events("/registry/x/", pin("h1"));
+        let h2 = cache.subscribe_events("/registry/x/", pin("h2"));
+        let every = cache.subscribe_events("/registry/x/", None);
+        let other = cache.subscribe_events("/registry/y/", None);
+        // A new subscription reads the ring first, from where its watch starts.
+        for sub in [&h1, &h2, &every, &other] {
+            assert_eq!(sub.take(start).expect("in ring").0.len(), 0);
+        }
+        let a = cache
+            .create(
+                "/registry/x/a",
+                json!({"metadata": {"name": "a"}, "spec": {"host": "h1"}}),
+            )
+            .expect("a");
+        cache
+            .create(
+                "/registry/x/b",
+                json!({"metadata": {"name": "b"}, "spec": {"host": "h3"}}),
+            )
+            .expect("b");
+        // a moves to h2: both pinned watches see it, one as leaving and one as arriving.
+        cache
+            .update(
+                "/registry/x/a",
+                a.rev(),
+                json!({"metadata": {"name": "a"}, "spec": {"host": "h2"}}),
+            )
+            .expect("move a");
+        let keys = |sub: &Subscription| -> Vec<(String, EventType)> {
+            let (events, up_to) = sub.take(start).expect("routed");
+            assert_eq!(up_to, cache.revision());
+            events.iter().map(|e| (e.key.clone(), e.type_)).collect()
+        };
+        let a_key = "/registry/x/a".to_string();
+        assert_eq!(
+            keys(&h1),
+            vec![
+                (a_key.clone(), EventType::Added),
+                (a_key.clone(), EventType::Modified)
+            ]
+        );
+        assert_eq!(keys(&h2), vec![(a_key.clone(), EventType::Modified)]);
+        assert_eq!(keys(&every).len(), 3);
+        assert!(keys(&other).is_empty());
+        // A watch that stops taking falls back to the ring, which still has everything.
+        let last = cache.revision();
+        // Concurrent writers share group commits, so this stays fast.
+        std::thread::scope(|s| {
+            for t in 0..20 {
+                let cache = &cache;
+                s.spawn(move || {
+                    for i in 0..55 {
+                        cache
+                            .create(
+                                &format!("/registry/x/n{t}-{i}"),
+                                json!({"metadata": {"name": "n"}}),
+                            )
+                            .expect("create");
+                    }
+                });
+            }
+        });
+        let (events, _) = every.take(last).expect("ring");
+        assert_eq!(events.len(), 1100);
+        drop(h1);
+        cache
+            .create(
+                "/registry/x/c",
+                json!({"metadata": {"name": "c"}, "spec": {"host": "h1"}}),
+            )
+            .expect("c");
+        assert_eq!(
+            cache.lock().routes.open_count(),
+            3,
+            "dropping h1 closed its mailbox"
+        );
     }
 }

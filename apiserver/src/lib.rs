@@ -28,6 +28,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod registry;
 pub mod rest;
+pub mod routes;
 pub mod selectors;
 pub mod ssa;
 pub mod store;

@@ -195,6 +195,16 @@ impl Filter {
         Ok(Filter { labels, fields })
     }
 
+    /// The field value every match has, for routing watch events by it.
+    pub fn pin(&self) -> Option<crate::routes::Pin> {
+        self.fields
+            .first_equality()
+            .map(|(path, value)| crate::routes::Pin {
+                path: path.to_string(),
+                value: value.to_string(),
+            })
+    }
+
     pub fn matches(&self, obj: &Cached) -> bool {
         self.labels.matches(obj.labels()) && self.fields.matches(|f| obj.field(f))
     }

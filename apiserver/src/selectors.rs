@@ -287,6 +287,14 @@ impl FieldSelector {
             .map(|(_, v, _)| v.as_str())
     }
 
+    /// The first `field=value` term: every object this selector matches has that value.
+    pub fn first_equality(&self) -> Option<(&str, &str)> {
+        self.terms
+            .iter()
+            .find(|(_, _, eq)| *eq)
+            .map(|(f, v, _)| (f.as_str(), v.as_str()))
+    }
+
     pub fn add_name(&mut self, name: &str) {
         self.terms.push(("metadata.name".into(), name.into(), true));
     }

@@ -140,7 +140,7 @@ async fn run(
     initial_events: bool,
     timeout: Duration,
 ) {
-    let mut rev_rx = app.cache.subscribe();
+    let feed = app.cache.subscribe_events(&w.prefix, w.filter.pin());
     let mut shutdown = app.shutdown.clone();
     let deadline = Instant::now() + timeout;
     let mut last = match start {
@@ -167,8 +167,7 @@ async fn run(
         if *shutdown.borrow() {
             return;
         }
-        rev_rx.mark_unchanged();
-        let events = match app.cache.events_since(last) {
+        let events = match feed.take(last) {
             Ok((events, up_to)) => {
                 last = up_to;
                 events
@@ -207,11 +206,7 @@ async fn run(
         }
         let wake = next_bookmark.min(deadline);
         tokio::select! {
-            changed = rev_rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
+            _ = feed.arrived() => {}
             _ = shutdown.changed() => return,
             _ = w.tx.closed() => return,
             _ = tokio::time::sleep_until(wake) => {
