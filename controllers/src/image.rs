@@ -147,9 +147,7 @@ async fn reconcile(image: Arc<Image>, images: Arc<Images>) -> Result<Action, Err
                 Action::requeue(wait)
             } else {
                 let outcome = report.fetch(&store, &copy).await?;
-                if let Outcome::Failed { .. } = outcome {
-                    images.record_failure(&image);
-                }
+                images.record(&image, matches!(outcome, Outcome::Failed { .. }));
                 report.settle(outcome).await?;
                 Action::await_change()
             }
@@ -186,11 +184,18 @@ impl Images {
         RETRY.checked_sub(failed_at.elapsed())
     }
 
-    fn record_failure(&self, image: &Image) {
-        self.failed_at
+    /// Remembers when a fetch of `image` failed, and forgets it once one succeeds.
+    fn record(&self, image: &Image, failed: bool) {
+        let mut failed_at = self
+            .failed_at
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(image.uid().unwrap_or_default(), Instant::now());
+            .unwrap_or_else(PoisonError::into_inner);
+        let uid = image.uid().unwrap_or_default();
+        if failed {
+            failed_at.insert(uid, Instant::now());
+        } else {
+            failed_at.remove(&uid);
+        }
     }
 }
 
