@@ -189,7 +189,10 @@ pub fn prepare_update(
             meta_mut(&mut merged).insert("managedFields".into(), mf.clone());
         }
         new = merged;
-    } else if def.status_subresource {
+    } else {
+        keep_managed_fields(old, &mut new);
+    }
+    if !status_only && def.status_subresource {
         match old.get("status") {
             Some(s) => new["status"] = s.clone(),
             None => {
@@ -243,14 +246,52 @@ pub fn prepare_update(
     Ok(new)
 }
 
-/// True when `a` and `b` differ in more than resourceVersion and managedFields, i.e. when
-/// writing `b` over `a` would change anything a client can observe.
+/// As upstream: an update without `managedFields`, or with an empty list, keeps the stored
+/// ones (clients unaware of the field never strip it); a list of one empty entry resets them;
+/// any other list replaces them (kubectl's client-side to server-side apply migration writes
+/// them this way).
+fn keep_managed_fields(old: &Value, new: &mut Value) {
+    let sent = new["metadata"].get("managedFields").cloned();
+    let stored = meta(old).get("managedFields").cloned();
+    match sent.as_ref().and_then(Value::as_array).map(Vec::as_slice) {
+        None | Some([]) => match stored {
+            Some(stored) => {
+                meta_mut(new).insert("managedFields".into(), stored);
+            }
+            None => {
+                meta_mut(new).remove("managedFields");
+            }
+        },
+        Some([only]) if only.as_object().is_some_and(Map::is_empty) => {
+            meta_mut(new).remove("managedFields");
+        }
+        Some(_) => {}
+    }
+}
+
+/// True when writing `b` over `a` would change anything a client can observe: more than the
+/// resourceVersion and the times of managedFields entries (a no-op write by the same manager
+/// only moves its entry's time; a new manager, or a manager owning other fields, is a change).
 pub fn meaningfully_differs(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(m) = v["metadata"].as_object_mut() {
             m.remove("resourceVersion");
-            m.remove("managedFields");
+            if let Some(Value::Array(mut entries)) = m.remove("managedFields") {
+                for e in &mut entries {
+                    if let Some(e) = e.as_object_mut() {
+                        e.remove("time");
+                    }
+                }
+                entries.sort_by_key(|e| {
+                    (
+                        e["manager"].to_string(),
+                        e["operation"].to_string(),
+                        e["subresource"].to_string(),
+                    )
+                });
+                m.insert("managedFields".into(), Value::Array(entries));
+            }
         }
         v
     };
@@ -340,6 +381,44 @@ fn cap_update_managers(entries: &mut Vec<Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(manager: &str, time: &str) -> Value {
+        json!({"manager": manager, "operation": "Update", "time": time, "fieldsV1": {"f:spec": {}}})
+    }
+
+    #[test]
+    fn an_update_keeps_managed_fields_unless_it_sends_others() {
+        let old = json!({"metadata": {"name": "x", "managedFields": [entry("a", "t1")]}});
+        let kept = |sent: Option<Value>| {
+            let mut new = json!({"metadata": {"name": "x"}});
+            if let Some(sent) = sent {
+                new["metadata"]["managedFields"] = sent;
+            }
+            keep_managed_fields(&old, &mut new);
+            new["metadata"].get("managedFields").cloned()
+        };
+        assert_eq!(kept(None), Some(json!([entry("a", "t1")])));
+        assert_eq!(kept(Some(json!([]))), Some(json!([entry("a", "t1")])));
+        assert_eq!(kept(Some(json!([{}]))), None, "one empty entry resets");
+        assert_eq!(
+            kept(Some(json!([entry("b", "t2")]))),
+            Some(json!([entry("b", "t2")]))
+        );
+    }
+
+    #[test]
+    fn only_the_times_of_managed_fields_are_not_a_change() {
+        let obj = |entries: Value| json!({"metadata": {"name": "x", "managedFields": entries}});
+        let (a, b) = (entry("a", "t1"), entry("b", "t1"));
+        assert!(!meaningfully_differs(
+            &obj(json!([a.clone(), b.clone()])),
+            &obj(json!([b.clone(), entry("a", "t2")]))
+        ));
+        assert!(meaningfully_differs(
+            &obj(json!([a.clone()])),
+            &obj(json!([a, b]))
+        ));
+    }
 
     #[test]
     fn update_managers_are_capped_into_ancient_changes() {

@@ -159,6 +159,7 @@ async fn everyday_commands(version: &str) {
     let explain = k.ok(&["explain", "vm.spec"]).await;
     assert!(explain.contains("Name of the Image"), "{explain}");
 
+    client_side_to_server_side(&k).await;
     cascading_deletes(&k).await;
     prune(&k).await;
 
@@ -410,6 +411,63 @@ async fn owner_with_dependent(k: &Kubectl, name: &str) {
     });
     let file = k.write(&format!("{name}-vmi.json"), &dependent.to_string());
     k.ok(&["create", "-f", &file]).await;
+}
+
+/// The managers of `vm`, as `manager/operation`.
+async fn managers(k: &Kubectl, vm: &str) -> Vec<String> {
+    k.ok(&[
+        "get",
+        "vm",
+        vm,
+        "-o",
+        "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation} {end}",
+    ])
+    .await
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
+}
+
+/// A file managed with client-side apply moves to server-side apply: kubectl migrates the
+/// ownership (a JSON patch of managedFields), after which a field removed from the file is
+/// removed from the object. A replace (no managedFields sent) keeps everyone's ownership.
+async fn client_side_to_server_side(k: &Kubectl) {
+    let labelled = VM
+        .replace("name: vm1", "name: vm-csa")
+        .replace("    app: web", "    app: web\n    tier: front");
+    let file = k.write("csa.yaml", &labelled);
+    k.ok(&["apply", "-f", &file]).await;
+    assert_eq!(
+        managers(k, "vm-csa").await,
+        ["kubectl-client-side-apply/Update"]
+    );
+    k.ok(&["apply", "--server-side", "-f", &file]).await;
+    // kubectl keeps the last-applied annotation under a manager of its own, as upstream.
+    assert_eq!(
+        managers(k, "vm-csa").await,
+        ["kubectl-last-applied/Apply", "kubectl/Apply"]
+    );
+    let fewer = k.write("ssa.yaml", &labelled.replace("\n    tier: front", ""));
+    k.ok(&["apply", "--server-side", "-f", &fewer]).await;
+    assert_eq!(
+        k.ok(&["get", "vm", "vm-csa", "-o", "jsonpath={.metadata.labels}"])
+            .await,
+        r#"{"app":"web"}"#,
+        "the label left the file, so it left the object"
+    );
+    let replaced = k.write(
+        "replace.yaml",
+        &VM.replace("name: vm1", "name: vm-csa")
+            .replace("cirros", "alpine"),
+    );
+    k.ok(&["replace", "-f", &replaced]).await;
+    let after = managers(k, "vm-csa").await;
+    assert!(
+        after.contains(&"kubectl/Apply".to_string())
+            && after.contains(&"kubectl-replace/Update".to_string()),
+        "{after:?}"
+    );
+    k.ok(&["delete", "vm", "vm-csa"]).await;
 }
 
 async fn cascading_deletes(k: &Kubectl) {
