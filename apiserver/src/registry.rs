@@ -41,6 +41,8 @@ pub struct ResourceDef {
     pub selectable_fields: Vec<String>,
     /// `openAPIV3Schema`; `None` for built-ins, which accept anything.
     pub schema: Option<Value>,
+    /// `schema` as objects are validated against it ([`crate::validation::root_schema`]).
+    pub validation_schema: Option<Value>,
     /// The schema's CEL rules and defaults, compiled; `None` when it has neither.
     pub rules: Option<Arc<Rules>>,
     /// True for the kinds compiled into the server.
@@ -158,6 +160,7 @@ impl ResourceDef {
                     .filter_map(|f| f["jsonPath"].as_str())
                     .map(|p| p.trim_start_matches('.').to_string())
                     .collect(),
+                validation_schema: schema.as_ref().map(crate::validation::root_schema),
                 rules: schema.as_ref().and_then(Rules::compile).map(Arc::new),
                 schema,
                 builtin,

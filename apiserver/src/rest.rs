@@ -405,13 +405,13 @@ impl App {
         obj: &mut Value,
         old: Option<&Value>,
     ) -> Result<Vec<String>, ApiError> {
-        let Some(schema) = &req.def.schema else {
+        let (Some(schema), Some(root)) = (&req.def.schema, &req.def.validation_schema) else {
             return Ok(vec![]);
         };
         if let Some(rules) = &req.def.rules {
             rules.apply_defaults(schema, obj);
         }
-        let mut outcome = validation::validate(schema, obj);
+        let mut outcome = validation::validate(root, obj);
         // CEL rules assume a structurally valid object, as upstream runs them only then.
         if let (true, Some(rules)) = (outcome.causes.is_empty(), &req.def.rules) {
             outcome.causes = rules.validate(schema, obj, old);

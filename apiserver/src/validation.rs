@@ -12,20 +12,12 @@ pub struct Outcome {
     pub causes: Vec<Cause>,
 }
 
-/// Validates `obj` in place: unknown fields and non-nullable nulls are removed.
-pub fn validate(schema: &Value, obj: &mut Value) -> Outcome {
-    let mut out = Outcome::default();
-    let Some(map) = obj.as_object_mut() else {
-        out.causes
-            .push(Cause::new("FieldValueInvalid", "", "must be an object"));
-        return out;
-    };
-    // apiVersion, kind and metadata are the server's business, not the CRD schema's.
-    let mut root_schema = schema.clone();
-    if let Some(props) = root_schema
-        .get_mut("properties")
-        .and_then(Value::as_object_mut)
-    {
+/// The schema objects are validated against: the CRD's, with apiVersion, kind and metadata left
+/// to the server. Built once per served version ([`crate::registry::ResourceDef`]): cloning a
+/// large CRD schema on every write was a good part of the create path's cost.
+pub fn root_schema(schema: &Value) -> Value {
+    let mut root = schema.clone();
+    if let Some(props) = root.get_mut("properties").and_then(Value::as_object_mut) {
         for k in ["apiVersion", "kind", "metadata"] {
             props.insert(
                 k.into(),
@@ -33,13 +25,25 @@ pub fn validate(schema: &Value, obj: &mut Value) -> Outcome {
             );
         }
     } else if !preserves(schema) {
-        root_schema["properties"] = serde_json::json!({
+        root["properties"] = serde_json::json!({
             "apiVersion": {"x-kubernetes-preserve-unknown-fields": true},
             "kind": {"x-kubernetes-preserve-unknown-fields": true},
             "metadata": {"x-kubernetes-preserve-unknown-fields": true},
         });
     }
-    validate_object(&root_schema, map, "", &mut out);
+    root
+}
+
+/// Validates `obj` in place against `root` (from [`root_schema`]): unknown fields and
+/// non-nullable nulls are removed.
+pub fn validate(root: &Value, obj: &mut Value) -> Outcome {
+    let mut out = Outcome::default();
+    let Some(map) = obj.as_object_mut() else {
+        out.causes
+            .push(Cause::new("FieldValueInvalid", "", "must be an object"));
+        return out;
+    };
+    validate_object(root, map, "", &mut out);
     out
 }
 
@@ -301,14 +305,17 @@ mod tests {
             "spec": {"cpu": 2, "image": "i", "mode": "Always", "memory": "1Gi", "host": null,
                      "nics": [{"ip": "1.2.3.4"}], "extra": {"anything": [1]}, "labels": {"a": "b"}}});
         let before = obj.clone();
-        assert_eq!(validate(&schema(), &mut obj), Outcome::default());
+        assert_eq!(
+            validate(&root_schema(&schema()), &mut obj),
+            Outcome::default()
+        );
         assert_eq!(obj, before);
     }
 
     #[test]
     fn prunes_and_reports_unknown_fields() {
         let mut obj = json!({"spec": {"cpu": 2, "image": "i", "foo": 1, "nics": [{"ip": "x", "bar": 2}]}, "other": {}});
-        let out = validate(&schema(), &mut obj);
+        let out = validate(&root_schema(&schema()), &mut obj);
         let mut unknown = out.unknown.clone();
         unknown.sort();
         assert_eq!(unknown, vec!["other", "spec.foo", "spec.nics[0].bar"]);
@@ -322,7 +329,7 @@ mod tests {
     #[test]
     fn reports_type_required_enum_and_range_errors_by_field() {
         let mut obj = json!({"spec": {"cpu": "two", "mode": "Sometimes", "labels": {"a": 1}}});
-        let out = validate(&schema(), &mut obj);
+        let out = validate(&root_schema(&schema()), &mut obj);
         let mut found: Vec<(&str, &str)> = out
             .causes
             .iter()
@@ -339,7 +346,7 @@ mod tests {
             ]
         );
         let mut obj = json!({"spec": {"cpu": 0, "image": "i"}});
-        let out = validate(&schema(), &mut obj);
+        let out = validate(&root_schema(&schema()), &mut obj);
         assert_eq!(out.causes.len(), 1);
         assert_eq!(
             out.causes[0].message,
@@ -347,7 +354,7 @@ mod tests {
         );
         // A null on a non-nullable field is pruned, then the field counts as missing.
         let mut obj = json!({"spec": {"cpu": 1, "image": null}});
-        let out = validate(&schema(), &mut obj);
+        let out = validate(&root_schema(&schema()), &mut obj);
         assert_eq!(out.causes[0].field, "spec.image");
     }
 }
