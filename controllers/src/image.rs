@@ -104,6 +104,19 @@ pub(crate) fn for_hosts(image: &Image) -> ImageSpec {
     spec
 }
 
+/// What VMs read of `image` besides its spec, with its identity: the uid, and the stored copy
+/// and its virtual size once Ready. The VM controller wakes the VMs using an image when this or
+/// the generation changes, not on each progress write.
+pub(crate) fn handoff(image: &Image) -> Option<String> {
+    let virtual_size = image.status.as_ref().and_then(|s| s.virtual_size.as_ref());
+    Some(format!(
+        "{}|{}|{}",
+        image.uid().unwrap_or_default(),
+        install_url(image).unwrap_or_default(),
+        virtual_size.map(|q| q.0.as_str()).unwrap_or_default()
+    ))
+}
+
 /// Where hosts fetch the stored copy of `image`, once it is Ready in a BackupStorage.
 fn install_url(image: &Image) -> Option<&str> {
     let status = image.status.as_ref()?;
@@ -800,6 +813,28 @@ mod tests {
         assert_eq!(patch["progress"], Value::Null);
         assert!(patch.as_object().expect("object").contains_key("progress"));
         assert_eq!(patch["phase"], "Ready");
+    }
+
+    #[test]
+    fn vms_care_about_a_new_copy_not_about_progress() {
+        let mut image = Image::new("i", spec(&[]));
+        image.metadata.uid = Some("u".into());
+        let status = |phase, percent| ImageStatus {
+            phase: Some(phase),
+            install_url: Some("file:///s/images/i.qcow2".into()),
+            virtual_size: Some(quantity::format_bytes(64 << 20)),
+            progress: Some(Progress {
+                percent,
+                ..Progress::default()
+            }),
+            ..ImageStatus::default()
+        };
+        image.status = Some(status(ImagePhase::Downloading, 10));
+        let downloading = handoff(&image);
+        image.status = Some(status(ImagePhase::Downloading, 50));
+        assert_eq!(handoff(&image), downloading, "progress alone");
+        image.status = Some(status(ImagePhase::Ready, 100));
+        assert_ne!(handoff(&image), downloading, "the copy is ready");
     }
 
     #[test]

@@ -319,21 +319,7 @@ async fn a_file_image_is_used_in_place_until_a_store_appears_then_vms_get_the_co
     let after = images.get("local").await.expect("image").resource_version();
     assert_eq!(written, after, "a settled image is not written again");
 
-    store(&plane.client, "bs", &dir.path().join("store")).await;
-    let seen = follow(&plane.client, "local", "Stored").await;
-    let done = seen.last().expect("final");
-    assert_eq!(ready(done).0, "Stored", "{done:#?}");
-    assert_eq!(
-        done.virtual_size.as_ref().map(|q| q.0.as_str()),
-        Some("64Mi")
-    );
-    let size = std::fs::metadata(&source).expect("source").len();
-    assert_eq!(
-        done.size.as_ref().map(|q| q.0.clone()),
-        Some(strata_apis::quantity::format_bytes(size).0)
-    );
-    let install_url = done.install_url.clone().expect("stored");
-
+    // A VM made meanwhile runs from the URL, and moves to the stored copy once there is one.
     let vm = VirtualMachine::new(
         "vm",
         VirtualMachineSpec {
@@ -349,14 +335,38 @@ async fn a_file_image_is_used_in_place_until_a_store_appears_then_vms_get_the_co
     );
     create(&Api::namespaced(plane.client.clone(), NS), vm).await;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(plane.client.clone(), NS);
-    let vmi = wait_for(&plane.client, "the instance", || async {
-        vmis.get_opt("vm").await.ok()?
+    let image_url = |url: String| {
+        let vmis = vmis.clone();
+        async move {
+            let vmi = vmis.get_opt("vm").await.ok()??;
+            (vmi.spec.image_url == url).then_some(vmi)
+        }
+    };
+    let vmi = wait_for(&plane.client, "the instance to use the URL", || {
+        image_url(url.clone())
     })
     .await;
+    assert_eq!(vmi.spec.image_checksum, None);
+
+    store(&plane.client, "bs", &dir.path().join("store")).await;
+    let seen = follow(&plane.client, "local", "Stored").await;
+    let done = seen.last().expect("final");
+    assert_eq!(ready(done).0, "Stored", "{done:#?}");
     assert_eq!(
-        vmi.spec.image_url, install_url,
-        "hosts fetch the stored copy"
+        done.virtual_size.as_ref().map(|q| q.0.as_str()),
+        Some("64Mi")
     );
+    let size = std::fs::metadata(&source).expect("source").len();
+    assert_eq!(
+        done.size.as_ref().map(|q| q.0.clone()),
+        Some(strata_apis::quantity::format_bytes(size).0)
+    );
+    let install_url = done.install_url.clone().expect("stored");
+
+    let vmi = wait_for(&plane.client, "the instance to use the stored copy", || {
+        image_url(install_url.clone())
+    })
+    .await;
     assert_eq!(vmi.spec.image_checksum, done.checksum);
 }
 
