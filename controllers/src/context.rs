@@ -20,6 +20,7 @@ use strata_apis::{Host, IpAddress, VirtualMachineInstance};
 use tracing::{debug, warn};
 
 use crate::{
+    cache::Caches,
     vm::{inventory::Inventory, schedule::Assumed},
     ControllerOptions, Error,
 };
@@ -37,6 +38,8 @@ pub(crate) struct Context {
     pub ips: Store<IpAddress>,
     /// Clusters, zones, primary storages and the GlobalConfig, for placement.
     pub inventory: Inventory,
+    /// Offerings, images and networks, for resolving references.
+    pub caches: Caches,
     assumed: Mutex<Assumed>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -64,9 +67,16 @@ impl Context {
             leases,
             ips,
             inventory,
+            caches: Caches::default(),
             assumed: Mutex::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// Looks references up in `caches` (see [`Caches::reflect`]) rather than asking the API.
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = caches;
+        self
     }
 
     /// The scheduler's placements. Held across a whole scheduling decision, so two VMs are
