@@ -39,7 +39,7 @@ pub use cluster::{Cluster, ClusterSpec, ClusterStatus, HypervisorType};
 pub use common::{AdminState, DeletionPolicy, PortRange, Progress, VmNicRef};
 pub use diskoffering::{DiskOffering, DiskOfferingSpec};
 pub use eip::{Eip, EipSpec, EipStatus};
-pub use globalconfig::{GlobalConfig, GlobalConfigSpec, GlobalConfigStatus};
+pub use globalconfig::{GlobalConfig, GlobalConfigSpec, GlobalConfigStatus, MaintenancePolicy};
 pub use host::{Host, HostAdminState, HostCapacity, HostSpec, HostState, HostStatus};
 pub use image::{DirectBoot, Image, ImageFormat, ImageSpec, ImageStatus};
 pub use instanceoffering::{AllocatorStrategy, InstanceOffering, InstanceOfferingSpec};
@@ -48,7 +48,7 @@ pub use l2network::{L2Network, L2NetworkSpec, L2NetworkStatus, L2NetworkType};
 pub use l3network::{IpRange, L3Category, L3Network, L3NetworkSpec, L3NetworkStatus};
 pub use migration::{
     MigrationPhase, VirtualMachineMigration, VirtualMachineMigrationSpec,
-    VirtualMachineMigrationStatus,
+    VirtualMachineMigrationStatus, VmiMigration, VmiMigrationPhase, VmiMigrationStatus,
 };
 pub use portforwarding::{PortForwarding, PortForwardingSpec, PortForwardingStatus};
 pub use primarystorage::{
@@ -57,14 +57,18 @@ pub use primarystorage::{
 pub use securitygroup::{SecurityGroup, SecurityGroupRule, SecurityGroupSpec};
 pub use vm::{
     Placement, RunStrategy, VirtualMachine, VirtualMachineSpec, VirtualMachineStatus, VmNic,
-    VmNicStatus, VmPhase,
+    VmNicStatus, VmPhase, VmVolumeStatus,
 };
 pub use vmi::{
     PowerState, VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
-    VmiEip, VmiL2Network, VmiNic, VmiNicSecurity, VmiPhase, VmiSecurityRule,
+    VmiDisk, VmiDiskStatus, VmiEip, VmiL2Network, VmiNic, VmiNicSecurity, VmiPhase, VmiRevert,
+    VmiSecurityRule,
 };
-pub use volume::{Volume, VolumeSpec, VolumeStatus, VolumeType};
-pub use volumesnapshot::{VolumeSnapshot, VolumeSnapshotSpec, VolumeSnapshotStatus};
+pub use volume::{Volume, VolumePhase, VolumeSpec, VolumeStatus, VolumeType};
+pub use volumesnapshot::{
+    RestorePhase, SnapshotPhase, VolumeRestore, VolumeRestoreSpec, VolumeRestoreStatus,
+    VolumeSnapshot, VolumeSnapshotSpec, VolumeSnapshotStatus,
+};
 pub use vxlanpool::{VxlanPool, VxlanPoolSpec, VxlanPoolStatus};
 pub use zone::{Zone, ZoneSpec, ZoneStatus};
 
@@ -99,6 +103,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         PortForwarding::crd(),
         Volume::crd(),
         VolumeSnapshot::crd(),
+        VolumeRestore::crd(),
         VirtualMachine::crd(),
         VirtualMachineInstance::crd(),
         VirtualMachineMigration::crd(),

@@ -61,7 +61,10 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = cel::positive_quantity("rootDiskSize"))]
     pub root_disk_size: Option<Quantity>,
-    /// Data Volumes (same namespace) attached to the VM, in guest order.
+    /// Data Volumes (same namespace) attached to the VM, in guest order. This list is the one
+    /// place an attachment is declared: adding a name attaches the volume (live, if the VM
+    /// runs), removing it detaches it. A volume another VM holds is refused (`VolumesReady`
+    /// False, reason `VolumeInUse`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 24))]
     pub data_volumes: Vec<String>,
@@ -278,6 +281,10 @@ pub struct VmVolumeStatus {
     /// Guest device name, e.g. `vda`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The PrimaryStorage the volume is on; for the root volume, chosen with the host and
+    /// recorded in the same write, so a restarted controller never chooses again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_storage: Option<String>,
 }
 
 /// A console endpoint.

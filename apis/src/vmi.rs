@@ -47,9 +47,11 @@ pub struct VirtualMachineInstanceSpec {
     /// Set when the image boots a kernel directly instead of from its disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_boot: Option<DirectBoot>,
-    /// Size of the root volume; the image's own size when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_disk_size: Option<Quantity>,
+    /// The VM's disks, the root volume first: what the host creates (a root overlay on the
+    /// image, empty data volumes), attaches (live, while the domain runs) and grows. A disk
+    /// that leaves the list is detached, not deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<VmiDisk>,
     /// The power state the agent drives the domain to.
     #[serde(default)]
     pub power_state: PowerState,
@@ -63,6 +65,67 @@ pub struct VirtualMachineInstanceSpec {
     /// NICs with their resolved addresses, in guest order.
     #[serde(default)]
     pub nics: Vec<VmiNic>,
+    /// Set while a live migration moves the running domain to another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::VmiMigration>,
+}
+
+/// A disk of an instance, as the VM controller resolved it from a Volume.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiDisk {
+    /// The Volume (same namespace).
+    pub name: String,
+    /// `Root` or `Data`.
+    #[serde(rename = "type")]
+    pub volume_type: crate::VolumeType,
+    /// Guest device name, e.g. `vda`; kept for as long as the disk stays attached.
+    pub device: String,
+    /// Serial number the guest sees (`/dev/disk/by-id/virtio-<serial>`), at most 20 bytes.
+    pub serial: String,
+    /// Size of the disk; for the root disk, the image's own size when unset. The host grows
+    /// a smaller disk to it, never shrinks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// The VolumeSnapshots the disk holds: the host takes those it lacks and deletes the
+    /// others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
+    /// A revert to carry out once: the host reverts the disk to `snapshot` for each new
+    /// `request` and records it in the disk's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<VmiRevert>,
+}
+
+/// A revert of a disk to one of its snapshots, asked by a VolumeRestore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiRevert {
+    /// The VolumeSnapshot.
+    pub snapshot: String,
+    /// The VolumeRestore's uid: each new value is one revert.
+    pub request: String,
+}
+
+/// A disk as the host reports it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiDiskStatus {
+    /// The Volume.
+    pub name: String,
+    /// Guest device name.
+    pub device: String,
+    /// The disk's size as the hypervisor sees it.
+    pub size: Quantity,
+    /// Where the disk lives on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The snapshots the disk holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<String>,
+    /// The last revert request the host carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<String>,
 }
 
 /// The power state of a domain, as the VM controller wants it.
@@ -227,9 +290,15 @@ pub struct VirtualMachineInstanceStatus {
     /// host. Empty for drivers that keep no console log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_tail: Option<String>,
+    /// The disks attached to the domain, as the host sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<VmiDiskStatus>,
     /// The last `spec.rebootRequest` the agent carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_request: Option<String>,
+    /// The live migration of `spec.migration`, as the source host's agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::VmiMigrationStatus>,
     /// `Ready` is True while the instance runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

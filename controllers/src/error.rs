@@ -45,8 +45,30 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("failed to add the owner reference of {kind} {name}")]
+    Adopt {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to create Volume {volume}")]
+    CreateVolume {
+        volume: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to write {kind} {name}")]
+    Write {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("VirtualMachine {vm} waits for its instance to be destroyed")]
     InstanceStillExists { vm: String },
+    #[error("{what} waits for {until}")]
+    Waiting { what: String, until: &'static str },
     #[error("failed to reconcile {kind} {name}")]
     Finalizer {
         kind: &'static str,
@@ -70,7 +92,11 @@ impl Error {
             Error::UpdateStatus { source, .. }
             | Error::AllocateIp { source, .. }
             | Error::ApplyInstance { source, .. }
-            | Error::Delete { source, .. } => stale(source, false),
+            | Error::Delete { source, .. }
+            | Error::Write { source, .. }
+            | Error::CreateVolume { source, .. } => stale(source, false),
+            // The adoption patch `test`s the resourceVersion it read.
+            Error::Adopt { source, .. } => stale(source, true),
             Error::Finalizer { source, .. } => match source.as_ref() {
                 finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
                     stale(e, true)
@@ -93,7 +119,10 @@ impl Error {
             Error::AllocateIp { .. } => "ipam",
             Error::ApplyInstance { .. } => "instance",
             Error::Delete { .. } => "delete",
-            Error::InstanceStillExists { .. } => "waiting",
+            Error::Write { .. } => "write",
+            Error::Adopt { .. } => "adopt",
+            Error::CreateVolume { .. } => "volume",
+            Error::InstanceStillExists { .. } | Error::Waiting { .. } => "waiting",
             Error::Finalizer { source, .. } => match source.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
                     e.category()

@@ -17,12 +17,13 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::READY, quantity, Host, HostCapacity, HostState, HostStatus, VirtualMachineInstance,
-    VirtualMachineInstanceSpec, SYSTEM_NAMESPACE,
+    condition::READY, host::DRAINED, quantity, Host, HostCapacity, HostState, HostStatus,
+    VirtualMachineInstance, VirtualMachineInstanceSpec, SYSTEM_NAMESPACE,
 };
 
 use crate::{
     conditions::{self, Desired},
+    drain::{self, Drain},
     events::{self, Transition},
     Context, Error,
 };
@@ -59,12 +60,17 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
         ctx.opts.host_lease_timeout,
         now,
     );
-    let instances = ctx.vmis.state();
-    let placed = instances.iter().filter(|vmi| vmi.spec.host == name);
-    let (allocated, vm_count) = allocation(placed.map(|vmi| &vmi.spec));
+    let placed: Vec<_> = ctx
+        .vmis
+        .state()
+        .into_iter()
+        .filter(|vmi| vmi.spec.host == name)
+        .collect();
+    let (allocated, vm_count) = allocation(placed.iter().map(|vmi| &vmi.spec));
+    let drain = drain::step(&ctx, &host, &placed).await?;
 
     let current = host.status.clone().unwrap_or_default();
-    let status = status(
+    let mut status = status(
         &current,
         &liveness,
         allocated,
@@ -72,12 +78,15 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
         host.metadata.generation,
         now,
     );
+    draining(&mut status, drain.clone(), host.metadata.generation, now);
     if status != current {
         let patch = json!({ "status": {
             "observedGeneration": status.observed_generation,
             "state": status.state,
             "allocated": status.allocated,
             "vmCount": status.vm_count,
+            "progress": status.progress,
+            "drainTotal": status.drain_total,
             "conditions": status.conditions,
         }});
         Api::<Host>::all(ctx.client.clone())
@@ -96,6 +105,16 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
             Transition::warning("Disconnected", liveness.message.clone())
         };
         events::publish(&ctx.recorder, host.as_ref(), vec![transition]).await;
+    }
+    let was_drained = conditions::is_true(&current.conditions, DRAINED);
+    if let Some(drain) = drain.filter(|d| d.drained.status && !was_drained) {
+        let note = format!("{} VMs moved or stopped", drain.total);
+        events::publish(
+            &ctx.recorder,
+            host.as_ref(),
+            vec![Transition::normal("Drained", note)],
+        )
+        .await;
     }
     ctx.succeeded(&name);
     // Wake up exactly when the lease runs out, so the host flips without any other event.
@@ -204,6 +223,27 @@ fn status(
         now,
     );
     status
+}
+
+/// Sets the drain's progress and `Drained` condition, or clears them outside Maintenance.
+fn draining(
+    status: &mut HostStatus,
+    drain: Option<Drain>,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    match drain {
+        Some(drain) => {
+            status.drain_total = Some(drain.total);
+            status.progress = Some(drain.progress);
+            conditions::set(&mut status.conditions, drain.drained, generation, now);
+        }
+        None => {
+            status.drain_total = None;
+            status.progress = None;
+            status.conditions.retain(|c| c.type_ != DRAINED);
+        }
+    }
 }
 
 fn until(now: Timestamp, at: Timestamp) -> Duration {

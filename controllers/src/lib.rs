@@ -10,16 +10,23 @@
 //! The pure parts (scheduling, address choice, MACs, conditions, phases) are plain functions
 //! tested without a server.
 
+mod cache;
+mod cascade;
 mod conditions;
 mod context;
+mod drain;
 mod error;
 mod events;
 mod host;
+mod image;
 mod l2network;
 mod l3network;
 pub mod metrics;
+mod migration;
 mod securitygroup;
+mod snapshot;
 mod vm;
+mod volume;
 
 use std::{sync::Arc, time::Duration};
 
@@ -70,20 +77,35 @@ pub async fn run_with_metrics(
     let l3networks = l3network::controller(&client);
     let security_groups = securitygroup::controller(&client);
     let eips = vm::eip::controller(&client);
+    let volumes = volume::controller(&client);
+    let (snapshots, restores) = (snapshot::snapshots(&client), snapshot::restores(&client));
 
     let (vmis, vmi_writer) = reflector::store();
     let (leases, lease_writer) = reflector::store();
     let (ips, ip_writer) = reflector::store();
     let (inventory, inventory_feed) = vm::inventory::Inventory::reflect(&client, vms.store());
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        opts,
-        hosts.store(),
-        vmis,
-        leases,
-        ips,
-        inventory,
-    ));
+    let mut caches = cache::Caches::default();
+    let cache_feeds = future::join4(
+        caches.reflect::<strata_apis::InstanceOffering>(&client),
+        caches.reflect::<strata_apis::Image>(&client),
+        caches.reflect::<strata_apis::L3Network>(&client),
+        caches.reflect::<strata_apis::L2Network>(&client),
+    );
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            opts,
+            hosts.store(),
+            vmis,
+            leases,
+            ips,
+            inventory,
+        )
+        .with_caches(caches),
+    );
+    let cascade = cascade::run(&client, ctx.clone());
+    let images = image::run(&client, ctx.clone(), metrics.clone());
+    let migrations = migration::run(&client, ctx.clone(), metrics.clone());
 
     let caches = future::join4(
         reflect(
@@ -140,16 +162,57 @@ pub async fn run_with_metrics(
                 ctx.clone(),
             ),
         ),
-        drain(
-            "eip",
-            eips.run(
-                metrics.instrument("eip", Metrics::ignore, vm::eip::reconcile),
-                vm::eip::error_policy,
-                ctx,
+        future::join4(
+            drain(
+                "eip",
+                eips.run(
+                    metrics.instrument("eip", Metrics::ignore, vm::eip::reconcile),
+                    vm::eip::error_policy,
+                    ctx.clone(),
+                ),
+            ),
+            drain(
+                "volume",
+                volumes.run(
+                    metrics.instrument("volume", Metrics::ignore, volume::reconcile),
+                    volume::error_policy,
+                    ctx.clone(),
+                ),
+            ),
+            drain(
+                "volumesnapshot",
+                snapshots.run(
+                    metrics.instrument(
+                        "volumesnapshot",
+                        Metrics::ignore,
+                        snapshot::reconcile_snapshot,
+                    ),
+                    snapshot::error_policy,
+                    ctx.clone(),
+                ),
+            ),
+            drain(
+                "volumerestore",
+                restores.run(
+                    metrics.instrument(
+                        "volumerestore",
+                        Metrics::ignore,
+                        snapshot::reconcile_restore,
+                    ),
+                    snapshot::error_policy,
+                    ctx,
+                ),
             ),
         ),
     );
-    future::join(caches, controllers).await;
+    future::join5(
+        future::join(caches, cache_feeds),
+        controllers,
+        cascade,
+        images,
+        migrations,
+    )
+    .await;
     Ok(())
 }
 

@@ -52,7 +52,8 @@ use crate::{
 
 /// A migration waiting for a slot looks again this often (a finished migration also wakes it).
 const SLOT_RETRY: Duration = Duration::from_secs(2);
-/// A running migration is looked at this often besides its instance's events.
+/// A running migration is looked at this often besides its instance's events, in case the
+/// source host goes silent.
 const FOLLOW_RETRY: Duration = Duration::from_secs(2);
 
 /// The migration controller's state: the shared context, and the migrations holding a slot.
@@ -112,16 +113,14 @@ impl Slots {
         }
         let in_cluster = slots.values().filter(|s| s.cluster == slot.cluster).count();
         let out_of_host = slots.values().filter(|s| s.source == slot.source).count();
-        if in_cluster >= usize::try_from(per_cluster).unwrap_or(0) {
+        // The message stays the same while the migration waits, so waiting writes it once.
+        if in_cluster >= usize::try_from(per_cluster).unwrap_or(0)
+            || out_of_host >= usize::try_from(per_host).unwrap_or(0)
+        {
             return Err(format!(
-                "{in_cluster} migrations run in cluster {} (limit {per_cluster})",
-                slot.cluster
-            ));
-        }
-        if out_of_host >= usize::try_from(per_host).unwrap_or(0) {
-            return Err(format!(
-                "{out_of_host} migrations leave host {} (limit {per_host})",
-                slot.source
+                "waiting for a slot: at most {per_cluster} migrations run in cluster {} and \
+                 {per_host} leave host {} at once",
+                slot.cluster, slot.source
             ));
         }
         slots.insert(key.to_string(), slot);
@@ -336,9 +335,18 @@ async fn follow(
         let why = "the status lost its source or target host".to_string();
         return fail(migration, migrations, "StatusLost", why).await;
     };
-    let vm_ref = ObjectRef::<VirtualMachineInstance>::new(&migration.spec.virtual_machine)
-        .within(&migration.namespace().unwrap_or_default());
-    let Some(vmi) = ctx.vmis.get(&vm_ref) else {
+    // Read afresh: the shared instance cache can trail the event that woke this reconcile,
+    // and the last event of a move (the target clearing the report) names no migration.
+    let namespace = migration.namespace().unwrap_or_default();
+    let vmi = Api::<VirtualMachineInstance>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&migration.spec.virtual_machine)
+        .await
+        .map_err(|source| Error::Get {
+            kind: "VirtualMachineInstance".into(),
+            name: vm_key(migration),
+            source,
+        })?;
+    let Some(vmi) = vmi else {
         let why = "the VM's instance is gone".to_string();
         return fail(migration, migrations, "VirtualMachineGone", why).await;
     };
@@ -415,7 +423,6 @@ async fn follow(
     if next != status {
         write(migration, ctx, next).await?;
     }
-    // The instance cache can trail the event that woke this reconcile; look again soon.
     Ok(Action::requeue(FOLLOW_RETRY))
 }
 
@@ -788,16 +795,16 @@ mod tests {
         let admit = |key: &str, s: Slot| slots.admit(key, s, (3, 2), |k| k != "gone");
         assert_eq!(admit("m1", slot("c1", "h1")), Ok(()));
         assert_eq!(admit("m2", slot("c1", "h1")), Ok(()));
-        assert_eq!(
-            admit("m3", slot("c1", "h1")),
-            Err("2 migrations leave host h1 (limit 2)".into())
-        );
+        let full = |c: &str, h: &str| {
+            Err(format!(
+                "waiting for a slot: at most 3 migrations run in cluster {c} and 2 leave host \
+                 {h} at once"
+            ))
+        };
+        assert_eq!(admit("m3", slot("c1", "h1")), full("c1", "h1"));
         assert_eq!(admit("m1", slot("c1", "h1")), Ok(()), "already admitted");
         assert_eq!(admit("m4", slot("c1", "h2")), Ok(()));
-        assert_eq!(
-            admit("m5", slot("c1", "h3")),
-            Err("3 migrations run in cluster c1 (limit 3)".into())
-        );
+        assert_eq!(admit("m5", slot("c1", "h3")), full("c1", "h3"));
         assert_eq!(admit("m6", slot("c2", "h4")), Ok(()), "another cluster");
         slots.free("m1");
         assert_eq!(

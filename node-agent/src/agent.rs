@@ -21,7 +21,7 @@ use serde_json::json;
 use strata_apis::{Host, HostCapacity, HostSpec, VirtualMachineInstance, SYSTEM_NAMESPACE};
 use tracing::{debug, info, warn};
 
-use crate::{driver::Hypervisor, instance, metrics::Metrics, Error};
+use crate::{driver::Hypervisor, fencing::Fence, instance, metrics::Metrics, Error};
 
 /// How often the agent renews its host's Lease unless configured otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -79,15 +79,22 @@ pub struct Agent {
     config: AgentConfig,
     driver: Arc<dyn Hypervisor>,
     metrics: Arc<Metrics>,
+    fence: Arc<Fence>,
 }
 
 impl Agent {
     pub fn new(client: Client, config: AgentConfig, driver: Arc<dyn Hypervisor>) -> Self {
+        // Fenced one heartbeat before the controllers may see the host Disconnected, so the
+        // VMs are off before any HA restart can be decided.
+        let fence = Arc::new(Fence::new(
+            config.heartbeat_interval * (HEARTBEATS_PER_LEASE - 1),
+        ));
         Self {
             client,
             config,
             driver,
             metrics: Arc::default(),
+            fence,
         }
     }
 
@@ -113,9 +120,15 @@ impl Agent {
         }
         info!(host = %self.config.host_name, driver = self.driver.name(), "host registered");
         self.remove_orphans().await;
+        let fencing = self.fence.watch(
+            &self.config.host_name,
+            self.driver.as_ref(),
+            self.config.heartbeat_interval / 2,
+        );
         tokio::select! {
             () = self.heartbeat() => {}
             () = self.instances() => {}
+            () = fencing => {}
         }
         Ok(())
     }
@@ -124,6 +137,9 @@ impl Agent {
         self.register().await?;
         let renewed = self.renew_lease().await;
         self.metrics.lease_renewal(&self.config.host_name, &renewed);
+        if renewed.is_ok() {
+            self.fence.renewed();
+        }
         renewed
     }
 
@@ -218,8 +234,13 @@ impl Agent {
             ticks.tick().await;
             let renewed = self.renew_lease().await;
             self.metrics.lease_renewal(&self.config.host_name, &renewed);
-            if let Err(error) = renewed {
-                warn!(host = %self.config.host_name, error = %error, "heartbeat failed");
+            match renewed {
+                // Back from a partition: what was placed elsewhere meanwhile goes.
+                Ok(()) if self.fence.renewed() => self.remove_orphans().await,
+                Ok(()) => {}
+                Err(error) => {
+                    warn!(host = %self.config.host_name, error = %error, "heartbeat failed")
+                }
             }
         }
     }
@@ -267,6 +288,7 @@ impl Agent {
             host: self.config.host_name.clone(),
             driver: self.driver.clone(),
             network: self.config.network.clone(),
+            fence: self.fence.clone(),
         });
         // The hypervisor's own events are a second trigger, so a domain stopped behind the
         // agent's back shows in its status within a second or two, not at the next resync.
@@ -282,6 +304,7 @@ impl Agent {
             .watch_instances(&self.config.host_name, controller.store());
         if let Some(network) = &self.config.network {
             network.attach(controller.store());
+            network.attach_l2_networks(crate::network::watch_l2_networks(&self.client));
             tokio::spawn(network.clone().run(NETWORK_RESYNC));
         }
         controller

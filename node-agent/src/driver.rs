@@ -45,6 +45,36 @@ pub struct Domain {
     /// The power state to drive the domain to.
     pub power: PowerState,
     pub nics: Vec<DomainNic>,
+    /// Data disks, created empty if missing, attached (live while the domain runs) and grown
+    /// to their size; a data disk not listed is detached and kept.
+    pub data_disks: Vec<DataDisk>,
+    /// The snapshots each disk holds, by volume (a disk not named holds none): the driver
+    /// takes the missing ones and deletes the others.
+    pub snapshots: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// A data volume of a domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataDisk {
+    /// The volume's name on the host's storage: `<namespace>.<Volume>`.
+    pub volume: String,
+    /// Guest device, e.g. `vdb`.
+    pub device: String,
+    pub serial: String,
+    pub size_bytes: u64,
+}
+
+/// A disk attached to a domain, as the hypervisor reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedDisk {
+    /// The volume's name on the host's storage (`<namespace>.<Volume>`; the root volume's is
+    /// `<domain>-root`).
+    pub volume: String,
+    pub device: String,
+    pub size_bytes: u64,
+    pub path: Option<String>,
+    /// The snapshots the disk holds.
+    pub snapshots: Vec<String>,
 }
 
 /// A NIC and where it plugs in on this host. The network driver owns the names: the NIC is
@@ -90,6 +120,13 @@ pub enum DriverError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The driver cannot do this at all.
+    #[error("cannot {operation} domain {domain}: the {driver} driver does not support it")]
+    Unsupported {
+        domain: String,
+        operation: &'static str,
+        driver: &'static str,
+    },
     /// The agent's local record of what it created could not be read or written.
     #[error("failed to update the local record of domain {domain}")]
     Record {
@@ -106,6 +143,7 @@ impl DriverError {
             DriverError::DoesNotFit { .. } => "InsufficientResources",
             DriverError::Image { .. } => "ImageUnavailable",
             DriverError::Hypervisor { .. } => "HypervisorError",
+            DriverError::Unsupported { .. } => "Unsupported",
             DriverError::Record { .. } => "LocalStateError",
         }
     }
@@ -130,6 +168,20 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// record); succeeds when it does not exist.
     fn destroy<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
 
+    /// Cuts the power of a running domain at once, keeping its disks and local record: how an
+    /// agent that lost its lease fences itself. Succeeds when the domain is not running.
+    fn power_off<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Moves the running domain live to the host `target`, publishing the share of memory
+    /// copied (0 to 100) on `progress`. On success the domain runs on the target and is gone
+    /// from this host; on failure it still runs here.
+    fn migrate<'a>(
+        &'a self,
+        name: &'a str,
+        target: &'a str,
+        progress: tokio::sync::watch::Sender<i32>,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+
     /// Every domain this agent created and has not destroyed, from its local record, so that
     /// after a restart it can remove those whose instance is gone.
     fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>>;
@@ -139,6 +191,17 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn console_tail(&self, _name: &str) -> Option<String> {
         None
     }
+
+    /// Reverts the disk `volume` of the domain to its snapshot `snapshot`.
+    fn revert_disk<'a>(
+        &'a self,
+        name: &'a str,
+        volume: &'a str,
+        snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// The disks attached to the domain (none when it does not exist).
+    fn disks<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<AttachedDisk>, DriverError>>;
 
     /// Names of domains whose state changed, as the hypervisor reports it (may repeat).
     fn events(&self) -> BoxStream<'static, String>;

@@ -108,7 +108,7 @@ mod tests {
     use super::*;
     use crate::{driver::Domain, SimDriver};
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn an_unrenewed_lease_powers_off_every_domain_once_until_renewed() {
         let sim = Arc::new(
             SimDriver::new(&HostCapacity {
@@ -135,20 +135,20 @@ mod tests {
                 .await
                 .expect("runs");
         }
-        let fence = Arc::new(Fence::new(Duration::from_secs(4)));
+        let fence = Arc::new(Fence::new(Duration::from_millis(400)));
         let watcher = {
             let (fence, sim) = (fence.clone(), sim.clone());
             tokio::spawn(async move {
                 fence
-                    .watch("host-a", sim.as_ref(), Duration::from_secs(1))
+                    .watch("host-a", sim.as_ref(), Duration::from_millis(50))
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!fence.fenced());
         assert_eq!(sim.running().len(), 2, "a fresh lease leaves them running");
 
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(fence.fenced());
         assert!(sim.running().is_empty(), "fenced: {:?}", sim.running());
         assert_eq!(sim.domains().len(), 2, "disks and records are kept");

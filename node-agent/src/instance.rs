@@ -42,6 +42,8 @@ pub(crate) struct Context {
     pub host: String,
     pub driver: Arc<dyn Hypervisor>,
     pub network: Option<Arc<crate::network::HostNetwork>>,
+    /// Up while the host's lease is lost: nothing is started.
+    pub fence: Arc<crate::fencing::Fence>,
 }
 
 /// What the agent saw the hypervisor do with an instance.
@@ -101,6 +103,12 @@ async fn apply(
     if vmi.spec.host != ctx.host {
         return Ok(Action::await_change());
     }
+    if ctx.fence.fenced() {
+        return Ok(Action::requeue(RETRY));
+    }
+    if let crate::migration::Next::Done(action) = crate::migration::drive(api, vmi, ctx).await? {
+        return Ok(action);
+    }
     let observed = match domain(vmi) {
         Err(message) => Observed::Failed {
             reason: "InvalidSpec".into(),
@@ -131,6 +139,7 @@ async fn apply(
         },
     };
     report(api, vmi, &observed).await?;
+    crate::volume::report(api, vmi, ctx.driver.as_ref()).await?;
     let console = ctx.driver.console_tail(&domain_name(vmi));
     if observed != Observed::Running || console.is_none() {
         return Ok(Action::requeue(RESYNC));
@@ -258,7 +267,7 @@ fn from_driver(observed: driver::Observed, wanted: PowerState) -> Observed {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -295,10 +304,11 @@ async fn report(
         return Ok(());
     }
     let mut patch = json!(status);
-    // Only reboot_if_asked and report_console write these: this status may predate them.
+    // Only reboot_if_asked, report_console and volume::report write these: this status may predate them.
     if let Some(fields) = patch.as_object_mut() {
         fields.remove("rebootRequest");
         fields.remove("consoleTail");
+        fields.remove("disks");
     }
     api.patch_status(
         &vmi.name_any(),
@@ -378,14 +388,7 @@ pub(crate) fn status(
 fn domain(vmi: &VirtualMachineInstance) -> Result<Domain, String> {
     let memory_bytes = quantity::parse_quantity(&vmi.spec.memory)
         .map_err(|e| format!("spec.memory {:?}: {e}", vmi.spec.memory.0))?;
-    let root_disk_bytes = vmi
-        .spec
-        .root_disk_size
-        .as_ref()
-        .map(|q| {
-            quantity::parse_quantity(q).map_err(|e| format!("spec.rootDiskSize {:?}: {e}", q.0))
-        })
-        .transpose()?;
+    let disks = crate::volume::disks(vmi)?;
     Ok(Domain {
         name: domain_name(vmi),
         cpu: vmi.spec.cpu,
@@ -393,7 +396,7 @@ fn domain(vmi: &VirtualMachineInstance) -> Result<Domain, String> {
         image_url: vmi.spec.image_url.clone(),
         image_checksum: vmi.spec.image_checksum.clone(),
         direct_boot: vmi.spec.direct_boot.clone(),
-        root_disk_bytes,
+        root_disk_bytes: disks.root_bytes,
         power: vmi.spec.power_state,
         // The network driver fills in bridge and tap once it builds this host's networks.
         nics: vmi
@@ -405,6 +408,8 @@ fn domain(vmi: &VirtualMachineInstance) -> Result<Domain, String> {
                 ..DomainNic::default()
             })
             .collect(),
+        data_disks: disks.data,
+        snapshots: disks.snapshots,
     })
 }
 

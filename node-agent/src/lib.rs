@@ -9,14 +9,17 @@ mod agent;
 mod conditions;
 mod driver;
 mod error;
+mod fencing;
 mod instance;
 mod libvirt;
 pub mod metrics;
+mod migration;
 pub mod network;
 mod sim;
+mod volume;
 
 pub use agent::{Agent, AgentConfig, DEFAULT_HEARTBEAT_INTERVAL};
-pub use driver::{Domain, DomainNic, DriverError, Hypervisor, Observed};
+pub use driver::{AttachedDisk, DataDisk, Domain, DomainNic, DriverError, Hypervisor, Observed};
 pub use error::Error;
 pub use libvirt::{host_capacity, libvirt_answers, LibvirtConfig, LibvirtDriver};
 pub use metrics::Metrics;

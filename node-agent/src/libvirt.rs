@@ -27,7 +27,10 @@ use strata_virt::{
     DomainSpec, HostFeatures, Libvirt, Owner, Storage,
 };
 
-use crate::driver::{Domain, DriverError, Hypervisor, Observed};
+use crate::driver::{AttachedDisk, Domain, DriverError, Hypervisor, Observed};
+
+/// How long a guest gets to release a hot-unplugged disk.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the libvirt driver runs on this host.
 #[derive(Clone, Debug)]
@@ -187,6 +190,25 @@ impl LibvirtDriver {
                 }
             }
         };
+        let mut disks = vec![Disk {
+            path: root,
+            format: DiskFormat::Qcow2,
+            target: "vda".into(),
+            serial: Some("root".into()),
+        }];
+        for data in &domain.data_disks {
+            let path = self
+                .storage
+                .create_data_volume(&data.volume, data.size_bytes)
+                .await
+                .map_err(|e| self.failed(&domain.name, "create a data volume of", e))?;
+            disks.push(Disk {
+                path,
+                format: DiskFormat::Qcow2,
+                target: data.device.clone(),
+                serial: Some(data.serial.clone()),
+            });
+        }
         let (namespace, name) =
             crate::instance::instance_of(&domain.name).unwrap_or(("", &domain.name));
         Ok(DomainSpec {
@@ -198,12 +220,7 @@ impl LibvirtDriver {
             vcpus: u32::try_from(domain.cpu.max(1)).unwrap_or(1),
             memory_bytes: domain.memory_bytes,
             boot,
-            disks: vec![Disk {
-                path: root,
-                format: DiskFormat::Qcow2,
-                target: "vda".into(),
-                serial: Some("root".into()),
-            }],
+            disks,
             nics: domain
                 .nics
                 .iter()
@@ -232,12 +249,13 @@ impl LibvirtDriver {
             .await?;
         }
         let spec = self.spec(domain).await?;
+        let definition = self.definition(name, &spec).await?;
         let unchanged = self
             .defined
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            == Some(&spec);
+            == Some(&definition);
         let exists = self
             .lv
             .state(name)
@@ -246,13 +264,13 @@ impl LibvirtDriver {
             .is_some();
         if !(unchanged && exists) {
             self.lv
-                .define(&spec)
+                .define(&definition)
                 .await
                 .map_err(|e| self.failed(name, "define", e))?;
             self.defined
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(name.clone(), spec);
+                .insert(name.clone(), definition);
         }
         match domain.power {
             PowerState::Running => {
@@ -286,7 +304,144 @@ impl LibvirtDriver {
                 }
             }
         }
+        self.sync_disks(domain, &spec).await?;
         Ok(self.observe(name).await?.unwrap_or(Observed::Stopped))
+    }
+
+    /// What to define for `spec`: itself, except that a running domain's data disks stay
+    /// those it has live, because hot-plug changes the live domain and its definition
+    /// together and refuses a disk the definition already has (or lacks, to unplug);
+    /// [`Self::sync_disks`] then plugs and unplugs the difference.
+    async fn definition(&self, name: &str, spec: &DomainSpec) -> Result<DomainSpec, DriverError> {
+        let running = self
+            .lv
+            .state(name)
+            .await
+            .map_err(|e| self.failed(name, "query", e))?
+            .is_some_and(strata_virt::PowerState::is_active);
+        if !running {
+            return Ok(spec.clone());
+        }
+        let live = self
+            .lv
+            .live_devices(name)
+            .await
+            .map_err(|e| self.failed(name, "read the disks of", e))?;
+        let mut definition = spec.clone();
+        definition.disks = live
+            .disk
+            .iter()
+            .map(|l| {
+                spec.disks
+                    .iter()
+                    .find(|d| d.target == l.target.dev)
+                    .cloned()
+                    .unwrap_or_else(|| Disk {
+                        path: l
+                            .source
+                            .as_ref()
+                            .map(|s| s.file.clone().into())
+                            .unwrap_or_default(),
+                        format: DiskFormat::Qcow2,
+                        target: l.target.dev.clone(),
+                        serial: None,
+                    })
+            })
+            .collect();
+        Ok(definition)
+    }
+
+    /// Brings a defined domain's disks to `spec`'s: a running one gets new data disks attached
+    /// and gone ones detached live (the definition already has them for the next boot); every
+    /// disk smaller than asked grows, live through QEMU while the domain runs.
+    async fn sync_disks(&self, domain: &Domain, spec: &DomainSpec) -> Result<(), DriverError> {
+        let name = &domain.name;
+        let running = self
+            .lv
+            .state(name)
+            .await
+            .map_err(|e| self.failed(name, "query", e))?
+            .is_some_and(strata_virt::PowerState::is_active);
+        if running {
+            for disk in &spec.disks[1..] {
+                self.lv
+                    .attach_disk(name, disk)
+                    .await
+                    .map_err(|e| self.failed(name, "attach a disk to", e))?;
+            }
+            let live = self
+                .lv
+                .live_devices(name)
+                .await
+                .map_err(|e| self.failed(name, "read the disks of", e))?;
+            for gone in live
+                .disk
+                .iter()
+                .map(|d| d.target.dev.as_str())
+                .filter(|t| !spec.disks.iter().any(|d| d.target == *t))
+            {
+                self.lv
+                    .detach_disk(name, gone, DETACH_TIMEOUT)
+                    .await
+                    .map_err(|e| self.failed(name, "detach a disk from", e))?;
+            }
+        }
+        let wanted = domain
+            .root_disk_bytes
+            .map(|bytes| (Self::root_volume(name), "vda", bytes))
+            .into_iter()
+            .chain(
+                domain
+                    .data_disks
+                    .iter()
+                    .map(|d| (d.volume.clone(), d.device.as_str(), d.size_bytes)),
+            );
+        for (volume, target, bytes) in wanted {
+            let have = self
+                .storage
+                .volume_info(&volume)
+                .await
+                .map_err(|e| self.failed(name, "measure a disk of", e))?
+                .virtual_size;
+            if have >= bytes {
+                continue;
+            }
+            let grown = if running {
+                self.lv.resize_disk(name, target, bytes).await
+            } else {
+                self.storage.resize(&volume, bytes).await
+            };
+            grown.map_err(|e| self.failed(name, "grow a disk of", e))?;
+        }
+        Ok(())
+    }
+
+    async fn attached(&self, name: &str) -> Result<Vec<AttachedDisk>, DriverError> {
+        let devices = match self.lv.live_devices(name).await {
+            Ok(devices) => devices,
+            Err(strata_virt::Error::NoDomain(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.failed(name, "read the disks of", e)),
+        };
+        let mut disks = Vec::new();
+        for disk in devices.disk {
+            let Some(source) = disk.source else { continue };
+            let path = PathBuf::from(&source.file);
+            let Some(volume) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let size = strata_virt::volume_info(&path)
+                .await
+                .map_err(|e| self.failed(name, "measure a disk of", e))?
+                .virtual_size;
+            disks.push(AttachedDisk {
+                volume: volume.to_string(),
+                device: disk.target.dev,
+                size_bytes: size,
+                path: Some(source.file),
+                snapshots: Vec::new(),
+            });
+        }
+        Ok(disks)
     }
 
     async fn observe(&self, name: &str) -> Result<Option<Observed>, DriverError> {
@@ -406,8 +561,52 @@ impl Hypervisor for LibvirtDriver {
         Box::pin(self.destroy_domain(name))
     }
 
+    fn power_off<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.lv
+                .destroy(name)
+                .await
+                .map_err(|e| self.failed(name, "power off", e))
+        })
+    }
+
+    fn migrate<'a>(
+        &'a self,
+        name: &'a str,
+        _target: &'a str,
+        _progress: tokio::sync::watch::Sender<i32>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        // Needs the target's libvirtd URI, its storage and network prepared first; see
+        // docs/architecture.md (live migration).
+        Box::pin(futures::future::ready(Err(DriverError::Unsupported {
+            domain: name.to_string(),
+            operation: "live-migrate",
+            driver: "libvirt",
+        })))
+    }
+
     fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
         Box::pin(self.owned())
+    }
+
+    fn disks<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<AttachedDisk>, DriverError>> {
+        Box::pin(self.attached(name))
+    }
+
+    // strata-virt's snapshots are the whole domain's (every disk, and memory while it runs);
+    // a volume's own needs per-disk internal snapshots (QMP blockdev-snapshot-internal-sync),
+    // not built yet: the libvirt driver takes none and reports none.
+    fn revert_disk<'a>(
+        &'a self,
+        name: &'a str,
+        _volume: &'a str,
+        _snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(futures::future::ready(Err(DriverError::Unsupported {
+            domain: name.to_string(),
+            operation: "revert a volume of",
+            driver: "libvirt",
+        })))
     }
 
     fn events(&self) -> BoxStream<'static, String> {

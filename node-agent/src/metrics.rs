@@ -226,6 +226,26 @@ impl Hypervisor for TimedDriver {
         )
     }
 
+    fn power_off<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(
+            self.metrics
+                .time(&self.host, "power_off", self.inner.power_off(name)),
+        )
+    }
+
+    fn migrate<'a>(
+        &'a self,
+        name: &'a str,
+        target: &'a str,
+        progress: tokio::sync::watch::Sender<i32>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.metrics.time(
+            &self.host,
+            "migrate",
+            self.inner.migrate(name, target, progress),
+        ))
+    }
+
     fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
         Box::pin(
             self.metrics
@@ -235,6 +255,29 @@ impl Hypervisor for TimedDriver {
 
     fn events(&self) -> futures::stream::BoxStream<'static, String> {
         self.inner.events()
+    }
+
+    fn revert_disk<'a>(
+        &'a self,
+        name: &'a str,
+        volume: &'a str,
+        snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.metrics.time(
+            &self.host,
+            "revert_disk",
+            self.inner.revert_disk(name, volume, snapshot),
+        ))
+    }
+
+    fn disks<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::driver::AttachedDisk>, DriverError>> {
+        Box::pin(
+            self.metrics
+                .time(&self.host, "disks", self.inner.disks(name)),
+        )
     }
 
     fn console_tail(&self, name: &str) -> Option<String> {

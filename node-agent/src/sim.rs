@@ -3,7 +3,11 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, PoisonError,
+    },
+    time::Duration,
 };
 
 use futures::{
@@ -16,18 +20,36 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
-    driver::{Domain, DriverError, Hypervisor, Observed},
+    driver::{AttachedDisk, Domain, DriverError, Hypervisor, Observed},
     Error,
 };
 
 /// Runs domains in memory and puts them in the desired power state at once. A domain that
 /// would take the host past its memory is refused, as a real hypervisor would (stopped domains
-/// hold none); vCPUs are time-shared.
+/// hold none); vCPUs are time-shared. A live migration takes [`SimDriver::migration_time`]
+/// (short in tests), reports its progress in ten steps, and fails half-way while
+/// [`SimDriver::fail_migrations`] is set.
 #[derive(Debug)]
 pub struct SimDriver {
     memory_bytes: u64,
     domains: Mutex<BTreeMap<String, SimDomain>>,
+    /// What each volume holds, standing for the bytes of a disk: it outlives attachments,
+    /// and snapshots keep copies of it.
+    volumes: Mutex<BTreeMap<String, SimVolume>>,
     events: broadcast::Sender<String>,
+    migration_time: Mutex<Duration>,
+    fail_migrations: AtomicBool,
+}
+
+/// How long a simulated live migration takes unless set otherwise: about what a small idle
+/// guest takes on a fast network.
+const MIGRATION_TIME: Duration = Duration::from_secs(2);
+const MIGRATION_STEPS: u32 = 10;
+
+#[derive(Debug, Clone, Default)]
+struct SimVolume {
+    content: String,
+    snapshots: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +57,7 @@ struct SimDomain {
     spec: Domain,
     state: Observed,
     boots: u32,
+    disks: Vec<AttachedDisk>,
 }
 
 impl SimDriver {
@@ -44,8 +67,71 @@ impl SimDriver {
         Ok(Self {
             memory_bytes,
             domains: Mutex::default(),
+            volumes: Mutex::default(),
             events: broadcast::channel(1024).0,
+            migration_time: Mutex::new(MIGRATION_TIME),
+            fail_migrations: AtomicBool::new(false),
         })
+    }
+
+    /// Sets how long each live migration out of this host takes.
+    pub fn set_migration_time(&self, time: Duration) {
+        *self
+            .migration_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = time;
+    }
+
+    /// Makes every live migration out of this host fail half-way (or succeed again).
+    pub fn fail_migrations(&self, fail: bool) {
+        self.fail_migrations.store(fail, Ordering::SeqCst);
+    }
+
+    /// Names of the domains that run (or are paused) here.
+    pub fn running(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, d)| matches!(d.state, Observed::Running | Observed::Paused))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    async fn migrate(
+        &self,
+        name: &str,
+        target: &str,
+        progress: tokio::sync::watch::Sender<i32>,
+    ) -> Result<(), DriverError> {
+        let running = |d: Option<&SimDomain>| d.is_some_and(|d| d.state == Observed::Running);
+        if !running(self.lock().get(name)) {
+            return Err(self.migration_failed(name, target, "the domain is not running"));
+        }
+        let step = *self
+            .migration_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            / MIGRATION_STEPS;
+        for i in 1..=MIGRATION_STEPS {
+            tokio::time::sleep(step).await;
+            if i == MIGRATION_STEPS / 2 && self.fail_migrations.load(Ordering::SeqCst) {
+                return Err(self.migration_failed(name, target, "simulated failure"));
+            }
+            if !running(self.lock().get(name)) {
+                return Err(self.migration_failed(name, target, "the domain stopped"));
+            }
+            let percent = i32::try_from(i * 100 / MIGRATION_STEPS).unwrap_or(100);
+            progress.send_replace(percent);
+        }
+        self.lock().remove(name);
+        Ok(())
+    }
+
+    fn migration_failed(&self, name: &str, target: &str, why: &str) -> DriverError {
+        DriverError::Hypervisor {
+            domain: name.to_string(),
+            operation: "migrate",
+            source: format!("to host {target}: {why}").into(),
+        }
     }
 
     /// Stops a domain as if someone did it behind the agent's back (`virsh destroy`, a guest
@@ -67,6 +153,41 @@ impl SimDriver {
         self.lock().keys().cloned().collect()
     }
 
+    /// Writes `content` to the volume, as a guest would.
+    pub fn write_volume(&self, volume: &str, content: &str) {
+        self.volumes()
+            .entry(volume.to_string())
+            .or_default()
+            .content = content.to_string();
+    }
+
+    /// What the volume holds.
+    pub fn volume_content(&self, volume: &str) -> Option<String> {
+        self.volumes().get(volume).map(|v| v.content.clone())
+    }
+
+    fn volumes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SimVolume>> {
+        self.volumes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the snapshots `domain` asks for of each of its `disks` and drops the others.
+    fn sync_snapshots(&self, domain: &Domain, disks: &[AttachedDisk]) {
+        let mut volumes = self.volumes();
+        for disk in disks {
+            let volume = volumes.entry(disk.volume.clone()).or_default();
+            let wanted = domain
+                .snapshots
+                .get(&disk.volume)
+                .cloned()
+                .unwrap_or_default();
+            volume.snapshots.retain(|name, _| wanted.contains(name));
+            for name in wanted {
+                let content = volume.content.clone();
+                volume.snapshots.entry(name).or_insert(content);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SimDomain>> {
         // The map stays consistent even if a holder panicked: every update is a single insert.
         self.domains.lock().unwrap_or_else(PoisonError::into_inner)
@@ -81,6 +202,10 @@ impl SimDriver {
         };
         let current = domains.get(&domain.name).map(|d| d.state);
         if current == Some(wanted) {
+            if let Some(d) = domains.get_mut(&domain.name) {
+                d.disks = sim_disks(domain, &d.disks);
+                self.sync_snapshots(domain, &d.disks);
+            }
             return Ok(wanted);
         }
         let active = |s: Observed| matches!(s, Observed::Running | Observed::Paused);
@@ -105,16 +230,53 @@ impl SimDriver {
         }
         let boots = domains.get(&domain.name).map_or(0, |d| d.boots)
             + u32::from(active(wanted) && !current.is_some_and(active));
+        let disks = sim_disks(
+            domain,
+            domains.get(&domain.name).map_or(&[][..], |d| &d.disks),
+        );
+        self.sync_snapshots(domain, &disks);
         domains.insert(
             domain.name.clone(),
             SimDomain {
                 spec: domain.clone(),
                 state: wanted,
                 boots,
+                disks,
             },
         );
         Ok(wanted)
     }
+}
+
+/// The disks `domain` has after attaching, detaching and growing what it asks for: the root
+/// first, then the data disks. Like a real volume, a disk never shrinks.
+fn sim_disks(domain: &Domain, before: &[AttachedDisk]) -> Vec<AttachedDisk> {
+    let disk = |volume: String, device: &str, wanted: u64| {
+        let had = before
+            .iter()
+            .find(|d| d.volume == volume)
+            .map_or(0, |d| d.size_bytes);
+        AttachedDisk {
+            path: Some(format!("sim:///volumes/{volume}.qcow2")),
+            volume,
+            device: device.to_string(),
+            size_bytes: had.max(wanted),
+            snapshots: Vec::new(),
+        }
+    };
+    let root = disk(
+        format!("{}-root", domain.name),
+        "vda",
+        domain.root_disk_bytes.unwrap_or(0),
+    );
+    std::iter::once(root)
+        .chain(
+            domain
+                .data_disks
+                .iter()
+                .map(|d| disk(d.volume.clone(), &d.device, d.size_bytes)),
+        )
+        .collect()
 }
 
 impl Hypervisor for SimDriver {
@@ -144,8 +306,57 @@ impl Hypervisor for SimDriver {
         Box::pin(future::ready(Ok(())))
     }
 
+    fn power_off<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.stop_behind_the_agents_back(name);
+        Box::pin(future::ready(Ok(())))
+    }
+
+    fn migrate<'a>(
+        &'a self,
+        name: &'a str,
+        target: &'a str,
+        progress: tokio::sync::watch::Sender<i32>,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.migrate(name, target, progress))
+    }
+
     fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
         Box::pin(future::ready(Ok(self.domains())))
+    }
+
+    fn disks<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<AttachedDisk>, DriverError>> {
+        let mut disks = self
+            .lock()
+            .get(name)
+            .map(|d| d.disks.clone())
+            .unwrap_or_default();
+        let volumes = self.volumes();
+        for disk in &mut disks {
+            disk.snapshots = volumes
+                .get(&disk.volume)
+                .map(|v| v.snapshots.keys().cloned().collect())
+                .unwrap_or_default();
+        }
+        Box::pin(future::ready(Ok(disks)))
+    }
+
+    fn revert_disk<'a>(
+        &'a self,
+        name: &'a str,
+        volume: &'a str,
+        snapshot: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let reverted = self.volumes().get_mut(volume).and_then(|v| {
+            v.content = v.snapshots.get(snapshot)?.clone();
+            Some(())
+        });
+        Box::pin(future::ready(reverted.ok_or_else(|| {
+            DriverError::Hypervisor {
+                domain: name.to_string(),
+                operation: "revert a disk of",
+                source: format!("volume {volume} has no snapshot {snapshot}").into(),
+            }
+        })))
     }
 
     fn events(&self) -> BoxStream<'static, String> {
@@ -180,6 +391,8 @@ mod tests {
             root_disk_bytes: None,
             power: PowerState::Running,
             nics: vec![],
+            data_disks: vec![],
+            snapshots: Default::default(),
         }
     }
 
@@ -251,6 +464,50 @@ mod tests {
             Some(Observed::Stopped)
         );
         assert_eq!(d.owned_domains().await.expect("lists"), ["ns.a"]);
+    }
+
+    #[tokio::test]
+    async fn a_migration_reports_progress_and_leaves_the_source_or_fails_and_stays() {
+        let d = driver();
+        d.set_migration_time(Duration::from_millis(50));
+        Hypervisor::ensure(&d, &domain("ns.a", 1, 1))
+            .await
+            .expect("runs");
+        d.fail_migrations(true);
+        let (progress, seen) = tokio::sync::watch::channel(0);
+        let err = Hypervisor::migrate(&d, "ns.a", "host-b", progress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("migrate"), "{err}");
+        assert!(*seen.borrow() < 100, "a failed move never reaches 100%");
+        assert_eq!(d.running(), ["ns.a"], "still runs on the source");
+
+        d.fail_migrations(false);
+        let (progress, seen) = tokio::sync::watch::channel(0);
+        Hypervisor::migrate(&d, "ns.a", "host-b", progress)
+            .await
+            .expect("moves");
+        assert_eq!(*seen.borrow(), 100);
+        assert!(d.domains().is_empty(), "gone from the source");
+        let (progress, _) = tokio::sync::watch::channel(0);
+        assert!(
+            Hypervisor::migrate(&d, "ns.a", "host-b", progress)
+                .await
+                .is_err(),
+            "nothing left to move"
+        );
+    }
+
+    #[tokio::test]
+    async fn power_off_keeps_the_domain_stopped() {
+        let d = driver();
+        Hypervisor::ensure(&d, &domain("ns.a", 1, 1))
+            .await
+            .expect("runs");
+        d.power_off("ns.a").await.expect("fenced");
+        assert!(d.running().is_empty());
+        assert_eq!(d.domains(), ["ns.a"], "its disks and record stay");
+        d.power_off("ns.gone").await.expect("nothing to fence");
     }
 
     #[test]

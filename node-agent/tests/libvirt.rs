@@ -35,6 +35,8 @@ fn domain(name: &str, image: &testing::TestImage, power: PowerState) -> Domain {
         root_disk_bytes: Some(128 << 20),
         power,
         nics: vec![],
+        data_disks: vec![],
+        snapshots: Default::default(),
     }
 }
 

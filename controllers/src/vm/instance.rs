@@ -7,7 +7,7 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     PowerState, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceSpec,
-    VirtualMachineInstanceStatus, VmNicStatus, VmiNic,
+    VirtualMachineInstanceStatus, VmNicStatus, VmiDisk, VmiNic,
 };
 
 use super::{vm_key, Resolved};
@@ -20,6 +20,7 @@ pub(crate) fn build(
     host: &str,
     resolved: &Resolved,
     nics: &[VmNicStatus],
+    disks: Vec<VmiDisk>,
 ) -> VirtualMachineInstance {
     let nics = resolved
         .networks
@@ -54,7 +55,7 @@ pub(crate) fn build(
             image_url: resolved.image.url.clone(),
             image_checksum: resolved.image.checksum.clone(),
             direct_boot: resolved.image.direct_boot.clone(),
-            root_disk_size: vm.spec.root_disk_size.clone(),
+            disks,
             power_state: if vm.spec.paused {
                 PowerState::Paused
             } else {
@@ -63,6 +64,7 @@ pub(crate) fn build(
             reboot_request: vm.spec.reboot_request.clone(),
             user_data: vm.spec.user_data.clone(),
             nics,
+            migration: None,
         },
         status: None,
     }
@@ -95,9 +97,17 @@ pub(crate) async fn apply(
             Ok(Applied::Current(None))
         }
         Some(current) if current.meta().deletion_timestamp.is_some() => Ok(Applied::Replacing),
-        Some(current) if current.spec == desired.spec => Ok(Applied::Current(current.status)),
         Some(current) => {
-            let patch = json!({ "spec": desired.spec });
+            let spec = VirtualMachineInstanceSpec {
+                migration: crate::migration::carried(&current, &desired.spec.host),
+                ..desired.spec
+            };
+            if current.spec == spec {
+                return Ok(Applied::Current(current.status));
+            }
+            let mut patch = json!({ "spec": spec });
+            // A merge patch keeps what it leaves out: null removes a landed migration.
+            patch["spec"]["migration"] = json!(spec.migration);
             api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map_err(failed)?;

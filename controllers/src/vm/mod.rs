@@ -3,12 +3,14 @@
 //! what the agent reports. Deletion destroys the instance before releasing the addresses.
 
 pub(crate) mod eip;
+pub(crate) mod ha;
 mod instance;
 pub(crate) mod inventory;
 mod ipam;
 pub(crate) mod schedule;
 mod security;
 mod status;
+pub(crate) mod volumes;
 mod wake;
 
 use std::{
@@ -104,11 +106,14 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
         (store.clone(), store.clone(), store.clone(), store.clone());
     let groups = store.clone();
     let l2_waiters = store.clone();
+    let (volume_users, snapshot_users, restore_users) =
+        (store.clone(), store.clone(), store.clone());
     let group_generations = Generations::default();
     let eip_bindings = eip::Bindings::default();
     let remote_groups = security::RemoteGroups::default();
     let room_hints = Mutex::new(RoomHints::default());
     let l3_generations = Generations::default();
+    let image_generations = Generations::default();
     vms.owns(
         Api::<VirtualMachineInstance>::all(client.clone()),
         watcher::Config::default(),
@@ -126,7 +131,14 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     .watches(
         Api::<Image>::all(client.clone()),
         watcher::Config::default(),
-        move |i| referring(&images, |vm| vm.spec.image == i.name_any()),
+        // Progress writes do not matter to VMs: only a new image, spec or stored copy does.
+        move |i| {
+            let (name, version) = (i.name_any(), crate::image::handoff(&i));
+            if !image_generations.changed(&name, version, i.metadata.generation) {
+                return Vec::new();
+            }
+            referring(&images, |vm| vm.spec.image == name)
+        },
     )
     .watches(
         Api::<L3Network>::all(client.clone()),
@@ -189,6 +201,35 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
         Api::<strata_apis::Eip>::all(client.clone()),
         watcher::Config::default(),
         move |e| eip_bindings.record(&e),
+    )
+    // A volume given to a VM, taken back, grown or gone changes its disks.
+    .watches(
+        Api::<strata_apis::Volume>::all(client.clone()),
+        watcher::Config::default(),
+        move |v| {
+            referring(&volume_users, |vm| {
+                volumes::uses(vm, v.namespace(), &v.name_any())
+            })
+        },
+    )
+    // Snapshots to take or drop and reverts to make are part of the disks.
+    .watches(
+        Api::<strata_apis::VolumeSnapshot>::all(client.clone()),
+        watcher::Config::default(),
+        move |s| {
+            referring(&snapshot_users, |vm| {
+                volumes::uses(vm, s.namespace(), &s.spec.volume)
+            })
+        },
+    )
+    .watches(
+        Api::<strata_apis::VolumeRestore>::all(client.clone()),
+        watcher::Config::default(),
+        move |r| {
+            referring(&restore_users, |vm| {
+                volumes::uses(vm, r.namespace(), &r.spec.volume)
+            })
+        },
     )
     .watches(
         Api::<Host>::all(client.clone()),
@@ -315,7 +356,7 @@ pub(crate) fn error_policy(vm: Arc<VirtualMachine>, error: &Error, ctx: Arc<Cont
 
 async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     let key = vm_key(vm);
-    let current = vm.status.clone().unwrap_or_default();
+    let mut current = vm.status.clone().unwrap_or_default();
     let instances = instances(ctx, vm);
 
     if vm.spec.run_strategy == RunStrategy::Halted {
@@ -345,10 +386,16 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     // The cached VM can predate the write that placed it (a host event may wake it before its
     // own status update arrives): a placement this process has decided, or an instance
     // already written, wins over scheduling it a second time.
-    let placed = current
-        .host
-        .clone()
+    let placed = crate::migration::placement(ctx, vm)
+        .await?
+        .or_else(|| current.host.clone())
         .or_else(|| placed_before(ctx, vm, &key));
+    if let Some(why) = ha::evacuate(ctx, vm, placed.as_deref()).await? {
+        ctx.assumed().forget(&key);
+        let observation = Observation::Evacuated(why);
+        update_status(ctx, vm, &current, observation, current.nics.clone()).await?;
+        return Ok(Action::requeue(REPLACING_RETRY));
+    }
     let host = match &placed {
         Some(host) => {
             // Re-assert a placement made before a restart, until the cache shows its instance.
@@ -364,7 +411,8 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             host.clone()
         }
         None => match schedule(ctx, &key, &request(vm, &resolved)).await {
-            Ok(Choice { host, .. }) => {
+            Ok(Choice { host, storage }) => {
+                current = volumes::placed(&current, vm, storage);
                 // The placement is recorded before anything else, so a crash after this point
                 // resumes on the same host instead of scheduling the VM again.
                 let placed = Observation::Placed {
@@ -391,6 +439,16 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         },
     };
 
+    let allocated = match volumes::allocate(ctx, vm, &resolved, &current).await? {
+        Ok(allocated) => allocated,
+        Err(problem) => {
+            let observation = Observation::Blocked(problem);
+            update_status(ctx, vm, &current, observation, current.nics.clone()).await?;
+            return Ok(Action::requeue(BLOCKED_RETRY));
+        }
+    };
+    let current = allocated.status;
+
     let nics = match ipam::allocate(ctx, vm, &resolved.networks, &current.nics).await? {
         Ok(nics) => nics,
         Err(problem) => {
@@ -400,7 +458,7 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let desired = instance::build(vm, &host, &resolved, &nics);
+    let desired = instance::build(vm, &host, &resolved, &nics, allocated.disks);
     let applied = instance::apply(&instances, vm, desired).await?;
     if let Applied::Current(Some(reported)) = &applied {
         if let Some(why) = status::restart_due(vm.spec.run_strategy, reported) {
@@ -416,6 +474,7 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::requeue(REPLACING_RETRY));
         }
     }
+    let next = ha::recheck(ctx, vm, &host);
     let observation = match applied {
         Applied::Current(reported) => Observation::Placed {
             host_connected: host_connected(ctx, &host),
@@ -441,8 +500,9 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         }
     };
     update_status(ctx, vm, &current, observation, nics).await?;
-    // Instance reports, host state and reference changes all arrive as watch events.
-    Ok(Action::await_change())
+    // Instance reports, host state and reference changes all arrive as watch events; an HA
+    // restart falling due does not.
+    Ok(next)
 }
 
 async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
@@ -554,7 +614,7 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
             .as_ref()
             .and_then(|s| s.virtual_size.as_ref())
             .and_then(|q| quantity::parse_quantity(q).ok()),
-        image: image.spec,
+        image: crate::image::for_hosts(&image),
         strategy,
         networks,
         security,
@@ -617,13 +677,10 @@ fn not_found(kind: &'static str, name: &str) -> Problem {
     Problem::new(reason, format!("{kind} {name:?} not found"))
 }
 
-async fn get<K>(ctx: &Context, name: &str) -> Result<Option<K>, Error>
-where
-    K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+async fn get<K: crate::cache::Cached>(ctx: &Context, name: &str) -> Result<Option<K>, Error> {
+    if let Some(cached) = ctx.caches.get::<K>(name) {
+        return Ok(cached.map(|k| K::clone(&k)));
+    }
     Api::<K>::all(ctx.client.clone())
         .get_opt(name)
         .await
@@ -666,13 +723,18 @@ fn request(vm: &VirtualMachine, resolved: &Resolved) -> Request {
         zone: placement.zone,
         cluster: placement.cluster,
         host: placement.host,
+        avoid: None,
         strategy: resolved.strategy,
     }
 }
 
 /// Chooses a host and assumes the placement, atomically with respect to other VMs: the
 /// assumed placements stay locked from reading the usage to recording the choice.
-async fn schedule(ctx: &Context, key: &str, request: &Request) -> Result<Choice, String> {
+pub(crate) async fn schedule(
+    ctx: &Context,
+    key: &str,
+    request: &Request,
+) -> Result<Choice, String> {
     // Scheduling on half-filled caches would overcommit hosts or miss clusters.
     if ctx.hosts.wait_until_ready().await.is_err()
         || ctx.vmis.wait_until_ready().await.is_err()

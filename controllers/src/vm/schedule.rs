@@ -60,6 +60,8 @@ pub(crate) struct Request {
     pub zone: Option<String>,
     pub cluster: Option<String>,
     pub host: Option<String>,
+    /// A host the VM must leave: the source of a live migration.
+    pub avoid: Option<String>,
     /// The InstanceOffering's allocator strategy.
     pub strategy: AllocatorStrategy,
 }
@@ -120,6 +122,7 @@ pub(crate) enum HostAdmin {
 /// first filter that removes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Rejection {
+    MigrationSource,
     NotRequestedHost,
     NotRequestedCluster,
     NotRequestedZone,
@@ -140,6 +143,7 @@ pub(crate) enum Rejection {
 impl Rejection {
     fn describe(self) -> &'static str {
         match self {
+            Rejection::MigrationSource => "the host the VM leaves",
             Rejection::NotRequestedHost => "not the requested host",
             Rejection::NotRequestedCluster => "not in the requested cluster",
             Rejection::NotRequestedZone => "not in the requested zone",
@@ -159,8 +163,12 @@ impl Rejection {
     }
 }
 
-/// The pinning filter: `spec.placement` names a host, cluster or zone.
+/// The pinning filter: `spec.placement` names a host, cluster or zone; a migration leaves its
+/// source.
 fn pinning(request: &Request, host: &Candidate) -> Result<(), Rejection> {
+    if request.avoid.as_ref() == Some(&host.name) {
+        return Err(Rejection::MigrationSource);
+    }
     if request.host.as_ref().is_some_and(|h| *h != host.name) {
         return Err(Rejection::NotRequestedHost);
     }
@@ -693,6 +701,22 @@ mod tests {
         let mut all = hosts.to_vec();
         all.push(host("d", res(8, 8), res(0, 0)));
         assert_eq!(pick_host(&request(res(1, 1)), &all), Ok("d".into()));
+    }
+
+    #[test]
+    fn a_migration_never_picks_its_source() {
+        let hosts = [
+            host("a", res(8, 8), res(0, 0)),
+            host("b", res(8, 8), res(0, 6)),
+        ];
+        let mut r = request(res(1, 1));
+        r.avoid = Some("a".into());
+        assert_eq!(pick_host(&r, &hosts), Ok("b".into()), "despite spread");
+        r.size = res(1, 4);
+        assert_eq!(
+            pick_host(&r, &hosts),
+            Err("0/2 hosts are available: 1 the host the VM leaves, 1 insufficient memory".into())
+        );
     }
 
     #[test]

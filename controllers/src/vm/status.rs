@@ -15,6 +15,8 @@ use crate::{
 };
 
 /// Where the reconcile of a VM got to.
+// One short-lived value per reconcile: boxing the instance's status would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Observation {
     /// A reference is missing or invalid, or an address range is exhausted.
@@ -36,6 +38,9 @@ pub(crate) enum Observation {
     Halted { instance_exists: bool },
     /// Deleted; waiting for the instance to be destroyed.
     Destroying,
+    /// Its host failed and HA revoked the placement; the message says why. It is placed
+    /// again on a healthy host next.
+    Evacuated(String),
 }
 
 /// The phase and Ready condition of a placed VM, from its host and instance.
@@ -81,6 +86,14 @@ pub(crate) fn placed_phase(
                 false,
                 "Starting",
                 format!("host {host} is starting the instance"),
+            ),
+        ),
+        VmiPhase::Running if crate::migration::moving(instance) => (
+            VmPhase::Migrating,
+            ready(
+                true,
+                "Migrating",
+                format!("running on host {host} while it moves to another host"),
             ),
         ),
         VmiPhase::Running
@@ -218,6 +231,16 @@ pub(crate) fn compute(
             };
             (phase, None)
         }
+        Observation::Evacuated(message) => {
+            set(Desired::new(
+                SCHEDULED,
+                false,
+                "HostFailed",
+                message.clone(),
+            ));
+            set(Desired::new(READY, false, "HARestarting", message));
+            (VmPhase::Unknown, None)
+        }
         Observation::Destroying => {
             set(Desired::new(
                 READY,
@@ -266,6 +289,9 @@ pub(crate) fn transitions(
     let message = ready.map(|c| c.message.clone()).unwrap_or_default();
     if new.phase != old.phase {
         match new.phase {
+            VmPhase::Running if old.phase == VmPhase::Migrating => {
+                events.push(Transition::normal("Migrated", message.clone()))
+            }
             VmPhase::Running => events.push(Transition::normal("Started", message.clone())),
             VmPhase::Error => events.push(Transition::warning("Failed", message.clone())),
             VmPhase::Stopped => events.push(Transition::normal("Stopped", message.clone())),

@@ -30,6 +30,8 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub struct Plane {
     pub client: Client,
+    /// The API server's address, for agents that reach it some other way (a proxy).
+    pub url: String,
     pub drivers: Vec<Arc<SimDriver>>,
     pub tasks: Vec<JoinHandle<()>>,
     _stop_server: oneshot::Sender<()>,
@@ -52,6 +54,11 @@ pub fn capacity(cpu: i64, memory: &str) -> HostCapacity {
 }
 
 pub async fn start(hosts: &[&str], heartbeat: Duration) -> Plane {
+    start_sized(hosts, heartbeat, capacity(4, "4Gi")).await
+}
+
+/// Like [`start`], with hosts of capacity `cap`.
+pub async fn start_sized(hosts: &[&str], heartbeat: Duration, cap: HostCapacity) -> Plane {
     let data = tempfile::tempdir().expect("temp dir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -72,8 +79,9 @@ pub async fn start(hosts: &[&str], heartbeat: Duration) -> Plane {
             panic!("api server failed: {error}");
         }
     });
-    let url = format!("http://127.0.0.1:{port}").parse().expect("url");
-    let client = Client::try_from(kube::Config::new(url)).expect("client");
+    let address = format!("http://127.0.0.1:{port}");
+    let client =
+        Client::try_from(kube::Config::new(address.parse().expect("url"))).expect("client");
     wait_for(&client, "the API server to serve CRDs", || async {
         Api::<VirtualMachine>::all(client.clone())
             .list(&ListParams::default())
@@ -91,7 +99,7 @@ pub async fn start(hosts: &[&str], heartbeat: Duration) -> Plane {
     }));
     let mut drivers = Vec::new();
     for host in hosts {
-        let cap = capacity(4, "4Gi");
+        let cap = cap.clone();
         let driver = Arc::new(SimDriver::new(&cap).expect("capacity"));
         drivers.push(driver.clone());
         let config = AgentConfig {
@@ -105,6 +113,7 @@ pub async fn start(hosts: &[&str], heartbeat: Duration) -> Plane {
     }
     Plane {
         client,
+        url: address,
         drivers,
         tasks,
         _stop_server: stop_server,
@@ -259,4 +268,58 @@ pub async fn wait_pending_with(client: &Client, name: &str, reason: &str) -> Str
         },
     )
     .await
+}
+
+/// The inventory, with the cluster's volumes on NFS (shared: VMs may move) and a 64Mi offering
+/// so that dozens of VMs fit on one simulated host.
+pub async fn shared_inventory(client: &Client) {
+    inventory(client).await;
+    let nfs = strata_apis::PrimaryStorageSpec {
+        zone: "zone-1".into(),
+        url: "nfs://10.0.0.5/export".into(),
+        storage_type: strata_apis::PrimaryStorageType::NFS,
+        ..strata_apis::PrimaryStorageSpec::default()
+    };
+    create(
+        &Api::all(client.clone()),
+        strata_apis::PrimaryStorage::new("nfs-1", nfs),
+    )
+    .await;
+    Api::<Cluster>::all(client.clone())
+        .patch(
+            "cluster-1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({ "spec": { "primaryStorages": ["nfs-1"] } }),
+            ),
+        )
+        .await
+        .expect("cluster on NFS");
+    let tiny = InstanceOfferingSpec {
+        cpu: 1,
+        memory: Quantity("64Mi".into()),
+        ..InstanceOfferingSpec::default()
+    };
+    create(
+        &Api::all(client.clone()),
+        InstanceOffering::new("tiny", tiny),
+    )
+    .await;
+}
+
+/// A VM of the `tiny` offering on net-1 (see [`shared_inventory`]).
+pub fn tiny_vm(name: &str) -> VirtualMachine {
+    VirtualMachine::new(
+        name,
+        strata_apis::VirtualMachineSpec {
+            instance_offering: Some("tiny".into()),
+            image: "tiny".into(),
+            nics: vec![strata_apis::VmNic {
+                l3_network: "net-1".into(),
+                ..strata_apis::VmNic::default()
+            }],
+            run_strategy: strata_apis::RunStrategy::Always,
+            ..strata_apis::VirtualMachineSpec::default()
+        },
+    )
 }
