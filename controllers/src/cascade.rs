@@ -12,32 +12,16 @@ use futures::{future::BoxFuture, FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     api::{Patch, PatchParams},
-    core::ClusterResourceScope,
     runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
     Api, Client, Resource, ResourceExt,
 };
-use serde::de::DeserializeOwned;
 use strata_apis::{Cluster, Host, L2Network, L3Network, PrimaryStorage, VxlanPool, Zone};
 
-use crate::{Context, Error};
+use crate::{cache::Cached, Context, Error};
 
 /// A cluster-scoped kind whose objects belong to a parent they name in their spec.
-pub(crate) trait Child:
-    Resource<DynamicType = (), Scope = ClusterResourceScope>
-    + Clone
-    + DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
-    type Parent: Resource<DynamicType = (), Scope = ClusterResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static;
+pub(crate) trait Child: Cached {
+    type Parent: Cached;
 
     /// The name of the parent, from the spec.
     fn parent(&self) -> &str;
