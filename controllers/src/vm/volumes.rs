@@ -402,13 +402,19 @@ fn attachable<'a>(
 }
 
 /// The size the Volume controller settled on (a refused shrink keeps the old one), else the
-/// requested one.
+/// requested one. A root volume asked for no size takes its image's: the size its disk then
+/// reports is not a request, and passing it on would change the instance's spec under a
+/// running (or just stopped) domain.
 fn size_of(volume: &Volume) -> Option<Quantity> {
-    volume
-        .status
-        .as_ref()
-        .and_then(|s| s.size.clone())
-        .or_else(|| volume.spec.size.clone())
+    let settled = volume.status.as_ref().and_then(|s| s.size.clone());
+    match volume.spec.volume_type {
+        VolumeType::Root => volume
+            .spec
+            .size
+            .as_ref()
+            .map(|asked| settled.unwrap_or_else(|| asked.clone())),
+        VolumeType::Data => settled.or_else(|| volume.spec.size.clone()),
+    }
 }
 
 /// A serial that names the volume for the guest: its uid's first 20 hex digits (virtio's limit).
