@@ -232,6 +232,7 @@ impl Agent {
         ticks.tick().await;
         loop {
             ticks.tick().await;
+            self.fence.renewing();
             let renewed = self.renew_lease().await;
             self.metrics.lease_renewal(&self.config.host_name, &renewed);
             match renewed {
@@ -239,6 +240,7 @@ impl Agent {
                 Ok(()) if self.fence.renewed() => self.remove_orphans().await,
                 Ok(()) => {}
                 Err(error) => {
+                    self.fence.failed();
                     warn!(host = %self.config.host_name, error = %error, "heartbeat failed")
                 }
             }

@@ -1,5 +1,6 @@
-//! Self-fencing: an agent that cannot renew its host's Lease for the lease's whole duration
-//! powers off every domain it runs. By then the controllers see the host Disconnected and may
+//! Self-fencing: an agent that cannot renew its host's Lease (renewals fail, or hang for a
+//! heartbeat) for almost the lease's whole duration powers off every domain it runs. An agent
+//! that is merely slow (renewals succeed late on a starved CPU) is not fenced. By then the controllers see the host Disconnected and may
 //! restart its HA VMs elsewhere (after `GlobalConfig.spec.ha.restartAfterSeconds` more), so a
 //! partitioned host must not keep running them: the same VM would run twice, on one disk.
 //!
@@ -29,6 +30,10 @@ pub(crate) struct Fence {
 struct State {
     renewed: Instant,
     fenced: bool,
+    /// A renewal failed since the last success.
+    failed: bool,
+    /// When the renewal under way started.
+    attempt: Option<Instant>,
 }
 
 impl Fence {
@@ -38,6 +43,8 @@ impl Fence {
             state: Mutex::new(State {
                 renewed: Instant::now(),
                 fenced: false,
+                failed: false,
+                attempt: None,
             }),
         }
     }
@@ -52,10 +59,24 @@ impl Fence {
         self.lock().fenced
     }
 
+    /// Records that a renewal starts.
+    pub fn renewing(&self) {
+        self.lock().attempt = Some(Instant::now());
+    }
+
+    /// Records a failed renewal.
+    pub fn failed(&self) {
+        let mut state = self.lock();
+        state.failed = true;
+        state.attempt = None;
+    }
+
     /// Records a successful renewal; returns whether it lifted the fence.
     pub fn renewed(&self) -> bool {
         let mut state = self.lock();
         state.renewed = Instant::now();
+        state.failed = false;
+        state.attempt = None;
         std::mem::replace(&mut state.fenced, false)
     }
 
@@ -63,7 +84,14 @@ impl Fence {
     /// raises it if so.
     fn due(&self, now: Instant) -> bool {
         let mut state = self.lock();
-        if state.fenced || now.duration_since(state.renewed) < self.timeout {
+        // A renewal hanging this long counts as failed (a partition that drops packets).
+        let stalled = state
+            .attempt
+            .is_some_and(|at| now.duration_since(at) >= self.timeout / 3);
+        if state.fenced
+            || !(state.failed || stalled)
+            || now.duration_since(state.renewed) < self.timeout
+        {
             return false;
         }
         state.fenced = true;
@@ -144,11 +172,12 @@ mod tests {
                     .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!fence.fenced());
-        assert_eq!(sim.running().len(), 2, "a fresh lease leaves them running");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!fence.fenced(), "late, not failed: no fence");
+        assert_eq!(sim.running().len(), 2, "so they keep running");
+        fence.failed();
 
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(fence.fenced());
         assert!(sim.running().is_empty(), "fenced: {:?}", sim.running());
         assert_eq!(sim.domains().len(), 2, "disks and records are kept");
