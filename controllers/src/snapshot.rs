@@ -519,7 +519,7 @@ mod tests {
         }
     }
 
-    fn reason<'a>(conditions: &'a strata_apis::Conditions) -> &'a str {
+    fn reason(conditions: &strata_apis::Conditions) -> &str {
         conditions::get(conditions, READY).map_or("", |c| c.reason.as_str())
     }
 
