@@ -86,6 +86,14 @@ fn a_tiny_bench_measures_every_phase() {
     );
     assert!(api.iter().all(|r| number(&r["per_second"]) > 0.0));
     assert_eq!(create["etcd"]["status"], "skipped");
+    let gets = create["gets"].as_array().expect("get runs");
+    assert_eq!(
+        gets.iter()
+            .map(|r| r["clients"].clone())
+            .collect::<Vec<_>>(),
+        [1, 5]
+    );
+    assert!(gets.iter().all(|r| number(&r["per_second"]) > 0.0));
     assert!(number(&create["payload_bytes"]) > 100.0);
 
     let fanout = measured("watch_fanout");

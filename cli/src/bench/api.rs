@@ -1,5 +1,6 @@
 //! The API's create path against its floor: VM creates through the API server (alone, in its
-//! child process) against raw etcd puts of the same bytes, at one client and at `clients`.
+//! child process) against raw etcd puts of the same bytes, at one client and at `clients`; then
+//! gets of the VMs just created, at the same concurrency levels (served from the watch cache).
 
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ pub struct CreatePath {
     pub payload_bytes: usize,
     pub api: Vec<Throughput>,
     pub etcd: Outcome<EtcdPuts>,
+    /// Gets of the created VMs, at the same concurrency levels as `api`.
+    pub gets: Vec<Throughput>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -90,6 +93,16 @@ pub async fn run(
         api.push(throughput(clients, &samples));
     }
     let payload = stored(&api_clients[0], "api-0-0").await?;
+    let mut gets = Vec::new();
+    for (clients, ops) in levels(api_clients.len(), ops) {
+        let bar = progress.bar(ops, &format!("API get, {clients} clients"));
+        let samples = closed_loop(&api_clients[..clients], ops, &bar, move |client, i| {
+            get(client, format!("api-0-{}", i % ops.min(SEQUENTIAL_OPS)))
+        })
+        .await?;
+        progress.done(bar);
+        gets.push(throughput(clients, &samples));
+    }
 
     let etcd = match etcd {
         Err(reason) => Outcome::Skipped { reason },
@@ -99,6 +112,15 @@ pub async fn run(
         payload_bytes: payload.len(),
         api,
         etcd,
+        gets,
+    })
+}
+
+async fn get(client: Client, name: String) -> Result<(), Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, NAMESPACE, &fixture::vm_kind());
+    api.get(&name).await.map(drop).map_err(|source| Error::Api {
+        action: format!("get vm {name}"),
+        source,
     })
 }
 

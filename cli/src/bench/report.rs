@@ -164,6 +164,9 @@ impl Results {
                         let _ = writeln!(out, "  etcd put    skipped: {reason}");
                     }
                 }
+                for g in &c.gets {
+                    let _ = writeln!(out, "  API get     {}", throughput(g));
+                }
             }
             Outcome::Skipped { reason } => {
                 let _ = writeln!(out, "\ncreate path: skipped: {reason}");
