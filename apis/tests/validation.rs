@@ -65,7 +65,8 @@ fn schema(object: &Value) -> &'static Value {
 fn refusals(old: Option<&Value>, new: &Value) -> Vec<String> {
     let schema = schema(new);
     let mut pruned = new.clone();
-    let outcome = strata_apiserver::validation::validate(schema, &mut pruned);
+    let root = strata_apiserver::validation::root_schema(schema);
+    let outcome = strata_apiserver::validation::validate(&root, &mut pruned);
     let mut found: Vec<String> = outcome
         .causes
         .iter()
