@@ -115,19 +115,8 @@ impl Context {
             + std::fmt::Debug,
         S: serde::Serialize,
     {
-        kube::Api::<K>::all(self.client.clone())
-            .patch_status(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|source| Error::UpdateStatus {
-                kind,
-                name: name.to_string(),
-                source,
-            })
+        let api = kube::Api::<K>::all(self.client.clone());
+        merge_status(&api, kind, name, name.to_string(), status).await
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
@@ -137,6 +126,33 @@ impl Context {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
     }
+}
+
+/// Merge-patches `status` onto the object `name` of `api`; `key` names it in errors (with its
+/// namespace, for namespaced kinds).
+pub(crate) async fn merge_status<K, S>(
+    api: &kube::Api<K>,
+    kind: &'static str,
+    name: &str,
+    key: String,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::UpdateStatus {
+        kind,
+        name: key,
+        source,
+    })
 }
 
 /// Exponential backoff from 1 s to 5 min after `failures` consecutive failures.

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
     runtime::{
         controller::Action,
         finalizer::{finalizer, Event},
@@ -29,7 +29,7 @@ use kube::{
     },
     Api, Client, ResourceExt,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use strata_apis::{
     condition::READY, quantity, volume::VOLUME_FINALIZER, DiskOffering, Progress, VirtualMachine,
     VirtualMachineInstance, VmiDiskStatus, Volume, VolumePhase, VolumeStatus, VolumeType,
@@ -556,17 +556,7 @@ async fn write(
             patch[field] = Value::Null;
         }
     }
-    api.patch_status(
-        &volume.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": patch })),
-    )
-    .await
-    .map_err(|source| Error::UpdateStatus {
-        kind: "Volume",
-        name: key(volume),
-        source,
-    })?;
+    crate::context::merge_status(api, "Volume", &volume.name_any(), key(volume), &patch).await?;
     events::publish(&ctx.recorder, volume, transitions(&current, status)).await;
     Ok(())
 }

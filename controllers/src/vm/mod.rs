@@ -20,7 +20,7 @@ use std::{
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
-    api::{DeleteParams, Patch, PatchParams},
+    api::DeleteParams,
     runtime::{
         controller::Action,
         finalizer::{finalizer, Event},
@@ -824,17 +824,8 @@ async fn update_status(
         ctx.client.clone(),
         vm.namespace().as_deref().unwrap_or_default(),
     );
-    api.patch_status(
-        &vm.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": patch })),
-    )
-    .await
-    .map_err(|source| Error::UpdateStatus {
-        kind: "VirtualMachine",
-        name: vm_key(vm),
-        source,
-    })?;
+    crate::context::merge_status(&api, "VirtualMachine", &vm.name_any(), vm_key(vm), &patch)
+        .await?;
     events::publish(&ctx.recorder, vm, status::transitions(current, &new)).await;
     Ok(())
 }
