@@ -25,3 +25,12 @@ pub const VMI_FINALIZER: &str = "strata.io/host-agent";
 
 /// Label on IpAddress objects naming the L3 network they belong to.
 pub const LABEL_L3_NETWORK: &str = "strata.io/l3-network";
+
+/// On a recycled root Volume: the name of the VirtualMachine (same namespace) it was kept for.
+pub const LABEL_RECYCLED_FROM: &str = "strata.io/recycled-from";
+/// On a recycled root Volume: the deleted VM's spec (JSON), from which it can be recovered.
+pub const ANNOTATION_RECYCLED_SPEC: &str = "strata.io/recycled-spec";
+/// On a recycled root Volume: when it is expunged (RFC 3339); absent under `Never`.
+pub const ANNOTATION_EXPUNGE_AT: &str = "strata.io/expunge-at";
+/// Set (to any value) on a recycled root Volume to recreate its VM, stopped, from the kept spec.
+pub const ANNOTATION_RECOVER: &str = "strata.io/recover";

@@ -127,8 +127,10 @@ pub enum MaintenancePolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VmConfig {
-    /// Deletion policy of VMs that do not set one.
-    #[serde(default)]
+    /// Deletion policy of VMs that do not set one. `Direct` unless set: `kubectl delete` and
+    /// GitOps pruning are expected to free what they delete, so the recycle bin is opt-in, as
+    /// OpenStack Nova's soft delete is (ZStack defaults to `Delay`).
+    #[serde(default = "direct")]
     pub deletion_policy: DeletionPolicy,
     /// How long a `Delay`-deleted VM stays recoverable.
     #[serde(default = "week")]
@@ -142,11 +144,15 @@ pub struct VmConfig {
 impl Default for VmConfig {
     fn default() -> Self {
         Self {
-            deletion_policy: DeletionPolicy::Delay,
+            deletion_policy: direct(),
             expunge_period_seconds: week(),
             delete_data_volumes_on_destroy: false,
         }
     }
+}
+
+fn direct() -> DeletionPolicy {
+    DeletionPolicy::Direct
 }
 
 fn week() -> i64 {

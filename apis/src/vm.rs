@@ -81,9 +81,15 @@ pub struct VirtualMachineSpec {
     /// What happens when the VM's host fails.
     #[serde(default)]
     pub ha_policy: HaPolicy,
-    /// What deleting the VirtualMachine does to the VM and its root volume.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// What deleting the VirtualMachine does to its root volume and addresses; GlobalConfig's
+    /// `vm.deletionPolicy` when unset. `Direct` releases them with the VM. `Delay` keeps them
+    /// in the recycle bin (the root Volume in phase `Recycled`, holding the addresses) for
+    /// GlobalConfig's `vm.expungePeriodSeconds`: creating a VM of the same name in the same
+    /// namespace, or annotating the root Volume `strata.io/recover`, recovers the VM with its
+    /// disk, IPs and MACs; deleting the Volume expunges it at once. `Never` keeps them until
+    /// the Volume is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
     /// Cloud-init user data, served by the metadata service of the VM's L3 networks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 65536))]

@@ -95,8 +95,11 @@ pub enum VolumePhase {
     Attached,
     /// Being detached from its VM.
     Detaching,
-    /// Being deleted (or waiting in the recycle bin under the Delay policy).
+    /// Being deleted.
     Deleting,
+    /// A root volume kept after its VM was deleted under the `Delay` or `Never` deletion
+    /// policy, holding the VM's addresses until the VM is recovered or the volume expunged.
+    Recycled,
 }
 
 /// Observed state of a Volume.

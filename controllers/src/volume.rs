@@ -38,7 +38,7 @@ use strata_apis::{
 use crate::{
     conditions::{self, Desired},
     events::{self, Transition},
-    vm::volumes::root_name,
+    vm::{recycle, volumes::root_name},
     Context, Error,
 };
 
@@ -386,6 +386,7 @@ fn decide(volume: &Volume, found: &Found<'_>, now: Timestamp) -> VolumeStatus {
 
     let phase = match (&holder, &disk) {
         _ if found.deleting => VolumePhase::Deleting,
+        (None, _) if recycle::recycled_from(volume).is_some() => VolumePhase::Recycled,
         (Some(h), Some(_)) if claims(h) => VolumePhase::Attached,
         (Some(_), Some(_)) => VolumePhase::Detaching,
         (Some(_), None) if status.path.is_none() => VolumePhase::Creating,
@@ -431,6 +432,19 @@ fn decide(volume: &Volume, found: &Found<'_>, now: Timestamp) -> VolumeStatus {
         VolumePhase::Deleting => {
             Desired::new(READY, false, "Deleting", "the volume is being deleted")
         }
+        VolumePhase::Recycled => Desired::new(
+            READY,
+            false,
+            "Recycled",
+            format!(
+                "kept for the deleted VirtualMachine {} until {}",
+                recycle::recycled_from(volume).unwrap_or_default(),
+                volume
+                    .annotations()
+                    .get(strata_apis::condition::ANNOTATION_EXPUNGE_AT)
+                    .map_or("the volume is deleted", String::as_str)
+            ),
+        ),
         VolumePhase::Ready if status.path.is_none() => Desired::new(
             READY,
             true,
@@ -497,6 +511,13 @@ async fn apply(api: &Api<Volume>, volume: &Volume, ctx: &Context) -> Result<Acti
     let status = decide(volume, &found, Timestamp::now());
     write(ctx, api, volume, &status).await?;
 
+    if let Some(vm) = recycle::recycled_from(volume).filter(|_| claimants.is_empty()) {
+        return Ok(match recycle::tend(ctx, volume, vm).await? {
+            Some(left) => Action::requeue(left),
+            None => Action::await_change(),
+        });
+    }
+
     // A volume that goes with its VM goes once the VM is being deleted.
     let holder_deleting = claimants
         .iter()
@@ -534,6 +555,9 @@ async fn cleanup(api: &Api<Volume>, volume: &Volume, ctx: &Context) -> Result<Ac
             what: format!("Volume {}", key(volume)),
             until: "its VM's host to detach the disk",
         });
+    }
+    if recycle::recycled_from(volume).is_some() {
+        recycle::expunge(ctx, volume).await?;
     }
     Ok(Action::await_change())
 }

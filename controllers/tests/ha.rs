@@ -2,7 +2,8 @@
 //! proxy, and cutting the proxy is a network partition. The agent fences itself (powers off
 //! its VMs), the controllers see h1 Disconnected, restart its HA VMs on shared storage on
 //! h2/h3 and leave the others Unknown; the agent restarted later destroys what was placed
-//! elsewhere meanwhile. At no sample does a VM run on two hosts.
+//! elsewhere meanwhile, and a VM deleted while h1 was gone. At no sample does a VM run on two
+//! hosts.
 
 use std::{
     collections::BTreeSet,
@@ -12,7 +13,7 @@ use std::{
 };
 
 use kube::{
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     Api, Client, ResourceExt,
 };
 use serde_json::json;
@@ -204,6 +205,16 @@ async fn ha_vms_restart_elsewhere_and_the_fenced_host_runs_nothing_twice() {
     }
     assert!(h1.running().is_empty(), "h1's VMs are powered off");
 
+    // Deleting a VM of the dead host does not wait for its agent.
+    let (deleted, other) = other.split_first().expect("plain VMs");
+    vms.delete(deleted, &DeleteParams::default())
+        .await
+        .expect("delete a VM of h1");
+    wait_for(&client, &format!("{deleted} to be gone"), || async {
+        vms.get_opt(deleted).await.ok()?.is_none().then_some(())
+    })
+    .await;
+
     // The agent is killed, and a new one starts once the network is back.
     first.abort();
     cut.send_replace(false);
@@ -222,7 +233,7 @@ async fn ha_vms_restart_elsewhere_and_the_fenced_host_runs_nothing_twice() {
         },
     )
     .await;
-    for name in ha.iter().chain(&other) {
+    for name in ha.iter().chain(other) {
         let vm = wait_phase(&client, name, VmPhase::Running).await;
         let host = vm.status.and_then(|s| s.host).expect("placed");
         let running = runners(&drivers);

@@ -101,6 +101,57 @@ fn decide(host: String, since: Timestamp, after: i32, shared: bool, now: Timesta
     ))
 }
 
+/// What deleting a VM placed on `host` may do about its instance, whose finalizer that host's
+/// agent holds until the domain is destroyed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Abandon {
+    /// Wait for the agent: the host is up, or the instance is not its.
+    Wait,
+    /// The host is down; ask again after this long.
+    Later(Duration),
+    /// The finalizer was released: the host has been gone past the HA delay.
+    Released,
+}
+
+/// A VM being deleted is never stuck on a dead host: once `host` has been Disconnected (or
+/// deleted) for `ha.restartAfterSeconds`, the instance's finalizer is released here, with an
+/// Event, on the same grounds as an HA restart (the agent fenced itself when its lease ran out,
+/// and on return destroys what is no longer placed on it).
+pub(crate) async fn abandon(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    host: &str,
+) -> Result<Abandon, Error> {
+    let why = match ctx.hosts.get(&ObjectRef::new(host)) {
+        None => format!("host {host} no longer exists"),
+        Some(found) => {
+            let Some(since) = disconnected_since(&found) else {
+                return Ok(Abandon::Wait);
+            };
+            let after = ctx.inventory.global().ha.restart_after_seconds;
+            match decide(host.to_string(), since, after, true, Timestamp::now()) {
+                Verdict::Later(wait) => return Ok(Abandon::Later(wait)),
+                Verdict::None => return Ok(Abandon::Wait),
+                Verdict::Restart(_) => {
+                    format!("host {host} has been Disconnected since {since} (over {after}s)")
+                }
+            }
+        }
+    };
+    if revoke(ctx, vm).await? {
+        events::publish(
+            &ctx.recorder,
+            vm,
+            vec![Transition::warning(
+                "HostGone",
+                format!("{why}: deleted the instance without its agent, which fenced itself"),
+            )],
+        )
+        .await;
+    }
+    Ok(Abandon::Released)
+}
+
 /// When the host turned Disconnected, if it is.
 fn disconnected_since(host: &Host) -> Option<Timestamp> {
     let status = host.status.as_ref()?;

@@ -5,9 +5,11 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use kube::{
-    api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions},
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
+    runtime::reflector::ObjectRef,
     Api, ResourceExt,
 };
+use serde_json::json;
 use strata_apis::{
     condition::LABEL_L3_NETWORK, l3network::Subnet, IpAddress, IpAddressSpec, VirtualMachine,
     VmNicStatus,
@@ -365,24 +367,15 @@ fn address(vm: &VirtualMachine, uid: &str, l3network: &str, ip: Ipv4Addr) -> IpA
     }
 }
 
-/// Deletes every IpAddress held by the object with uid `owner_uid` (a VM or an Eip), named
-/// `owner` in errors; addresses already gone are fine.
+/// Deletes every IpAddress held by the object with uid `owner_uid` (a VM, an Eip or a recycled
+/// root Volume), named `owner` in errors; addresses already gone are fine.
 pub(crate) async fn release_owned(
     ctx: &Context,
     owner_uid: &str,
     owner: &str,
 ) -> Result<(), Error> {
     let api: Api<IpAddress> = Api::all(ctx.client.clone());
-    let selector = format!("{LABEL_OWNER_UID}={owner_uid}");
-    let held = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::List {
-            kind: "IpAddress",
-            owner: owner.to_string(),
-            source,
-        })?;
-    for ip in held {
+    for ip in held(&api, owner_uid, owner).await? {
         let name = ip.name_any();
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -397,6 +390,67 @@ pub(crate) async fn release_owned(
         }
     }
     Ok(())
+}
+
+/// Hands every IpAddress held by the object with uid `from_uid` to `to` (`<namespace>/<name>`
+/// and uid), keeping the addresses: a deleted VM's go to its recycled root volume, and back to
+/// the VM that recovers it. Returns once the address cache shows the new holder, so the next
+/// allocation finds the addresses its own.
+pub(crate) async fn transfer(
+    ctx: &Context,
+    from_uid: &str,
+    (owner, owner_uid): (&str, &str),
+) -> Result<(), Error> {
+    let api: Api<IpAddress> = Api::all(ctx.client.clone());
+    let mut moved = Vec::new();
+    for ip in held(&api, from_uid, owner).await? {
+        let name = ip.name_any();
+        let patch = json!({
+            "metadata": {"labels": {LABEL_OWNER_UID: owner_uid}},
+            "spec": {"owner": owner, "ownerUid": owner_uid},
+        });
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::Write {
+                kind: "IpAddress",
+                name: name.clone(),
+                source,
+            })?;
+        moved.push(name);
+    }
+    let shown = || {
+        moved.iter().all(|name| {
+            ctx.ips
+                .get(&ObjectRef::new(name))
+                .is_some_and(|ip| ip.spec.owner_uid == owner_uid)
+        })
+    };
+    for _ in 0..CACHE_WAIT_STEPS {
+        if shown() {
+            return Ok(());
+        }
+        tokio::time::sleep(CACHE_WAIT_STEP).await;
+    }
+    Err(Error::Waiting {
+        what: format!("the addresses handed to {owner}"),
+        until: "the address cache to show them",
+    })
+}
+
+/// How long `transfer` waits for the address cache, in steps.
+const CACHE_WAIT_STEPS: u32 = 50;
+const CACHE_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(100);
+
+async fn held(api: &Api<IpAddress>, owner_uid: &str, owner: &str) -> Result<Vec<IpAddress>, Error> {
+    let selector = format!("{LABEL_OWNER_UID}={owner_uid}");
+    api.list(&ListParams::default().labels(&selector))
+        .await
+        .map(|list| list.items)
+        .map_err(|source| Error::List {
+            kind: "IpAddress",
+            owner: owner.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]

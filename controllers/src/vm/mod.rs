@@ -7,6 +7,7 @@ pub(crate) mod ha;
 mod instance;
 pub(crate) mod inventory;
 mod ipam;
+pub(crate) mod recycle;
 pub(crate) mod schedule;
 mod security;
 mod status;
@@ -31,9 +32,10 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::VM_FINALIZER, l3network::Subnet, quantity, Host, HostState, Image, ImageSpec,
-    InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy, SecurityGroup,
-    VirtualMachine, VirtualMachineInstance, VirtualMachineStatus, VmiL2Network, VmiPhase,
+    condition::VM_FINALIZER, l3network::Subnet, quantity, DeletionPolicy, Host, HostState, Image,
+    ImageSpec, InstanceOffering, IpAddress, L2Network, L2NetworkType, L3Network, RunStrategy,
+    SecurityGroup, VirtualMachine, VirtualMachineInstance, VirtualMachineStatus, VmiL2Network,
+    VmiPhase,
 };
 use strata_apis::{AllocatorStrategy, Cluster, GlobalConfig, PrimaryStorage, Zone};
 
@@ -358,6 +360,15 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     let key = vm_key(vm);
     let mut current = vm.status.clone().unwrap_or_default();
     let instances = instances(ctx, vm);
+    // A VM deleted under a Delay or Never policy left its disk and addresses in the recycle
+    // bin; one created again under its name takes them back before anything is allocated.
+    if !current
+        .volumes
+        .iter()
+        .any(|v| v.volume_type == strata_apis::VolumeType::Root)
+    {
+        recycle::adopt(ctx, vm).await?;
+    }
 
     if vm.spec.run_strategy == RunStrategy::Halted {
         ctx.assumed().forget(&key);
@@ -517,10 +528,25 @@ async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     )
     .await?;
     if delete_instance(&instances(ctx, vm), vm).await? {
-        // The agent's finalizer holds the instance until the hypervisor has destroyed it.
-        return Err(Error::InstanceStillExists { vm: key });
+        // The agent's finalizer holds the instance until the hypervisor has destroyed it,
+        // unless its host is gone.
+        let instance = ObjectRef::new(&vm.name_any()).within(&vm.namespace().unwrap_or_default());
+        let host = ctx.vmis.get(&instance).map(|vmi| vmi.spec.host.clone());
+        let verdict = match host.or_else(|| current.host.clone()) {
+            Some(host) => ha::abandon(ctx, vm, &host).await?,
+            None => ha::Abandon::Wait,
+        };
+        match verdict {
+            ha::Abandon::Released => {}
+            ha::Abandon::Later(wait) => return Ok(Action::requeue(wait)),
+            ha::Abandon::Wait => return Err(Error::InstanceStillExists { vm: key }),
+        }
     }
-    ipam::release_owned(ctx, vm.uid().unwrap_or_default().as_str(), &vm_key(vm)).await?;
+    let policy = recycle::policy(ctx, vm);
+    let kept = policy != DeletionPolicy::Direct && recycle::retain(ctx, vm, policy).await?;
+    if !kept {
+        ipam::release_owned(ctx, vm.uid().unwrap_or_default().as_str(), &vm_key(vm)).await?;
+    }
     ctx.assumed().forget(&key);
     Ok(Action::await_change())
 }
