@@ -50,7 +50,9 @@ pub use migration::{
     MigrationPhase, VirtualMachineMigration, VirtualMachineMigrationSpec,
     VirtualMachineMigrationStatus, VmiMigration, VmiMigrationPhase, VmiMigrationStatus,
 };
-pub use portforwarding::{PortForwarding, PortForwardingSpec, PortForwardingStatus};
+pub use portforwarding::{
+    ForwardedProtocol, PortForwarding, PortForwardingSpec, PortForwardingStatus,
+};
 pub use primarystorage::{
     PrimaryStorage, PrimaryStorageSpec, PrimaryStorageStatus, PrimaryStorageType,
 };
@@ -61,8 +63,8 @@ pub use vm::{
 };
 pub use vmi::{
     PowerState, VirtualMachineInstance, VirtualMachineInstanceSpec, VirtualMachineInstanceStatus,
-    VmiDisk, VmiDiskStatus, VmiEip, VmiL2Network, VmiNic, VmiNicSecurity, VmiPhase, VmiRevert,
-    VmiSecurityRule,
+    VmiDisk, VmiDiskStatus, VmiEip, VmiL2Network, VmiNatStatus, VmiNic, VmiNicSecurity, VmiPhase,
+    VmiPortForwarding, VmiRevert, VmiSecurityRule,
 };
 pub use volume::{Volume, VolumePhase, VolumeSpec, VolumeStatus, VolumeType};
 pub use volumesnapshot::{

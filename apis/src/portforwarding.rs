@@ -76,6 +76,9 @@ pub struct PortForwardingStatus {
     /// The private address of the target NIC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_ip: Option<String>,
+    /// The Host the NAT rules are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// `Ready` is True once the forwarding is in place.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

@@ -171,13 +171,18 @@ pub struct VmiNic {
     /// NIC's address, through the Public L3 network's bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eip: Option<VmiEip>,
+    /// The PortForwardings to the NIC that have a VIP, by name: the host DNATs their ports of
+    /// the VIP to the NIC, through the Public L3 network's bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_forwardings: Vec<VmiPortForwarding>,
 }
 
-/// An Eip as the host programs it.
+/// A VIP as the host programs it: an Eip's, or (inside [`VmiPortForwarding`]) a
+/// PortForwarding's.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VmiEip {
-    /// Name of the Eip.
+    /// Name of the Eip or PortForwarding.
     pub name: String,
     /// The public address.
     pub vip: String,
@@ -191,6 +196,38 @@ pub struct VmiEip {
     /// The L2 network the Public L3 network lives on, as the host must build it.
     #[serde(default)]
     pub l2: VmiL2Network,
+}
+
+/// A PortForwarding as the host programs it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiPortForwarding {
+    /// The rule's name, VIP and Public network.
+    #[serde(flatten)]
+    pub public: VmiEip,
+    /// TCP or UDP.
+    pub protocol: crate::ForwardedProtocol,
+    /// Ports on the VIP.
+    pub external_ports: PortRange,
+    /// Ports on the NIC, as many as `externalPorts`.
+    pub internal_ports: PortRange,
+    /// Only sources in this CIDR are forwarded; any source when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_cidr: Option<String>,
+}
+
+/// NAT the host has programmed for an instance: one of its NICs' Eips or PortForwardings.
+#[derive(
+    Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiNatStatus {
+    /// `Eip` or `PortForwarding`.
+    pub kind: String,
+    /// Name of the Eip or PortForwarding.
+    pub name: String,
+    /// The VIP its rules translate.
+    pub vip: String,
 }
 
 /// The union of a NIC's SecurityGroups, as the host's firewall applies it. Replies to allowed
@@ -299,6 +336,10 @@ pub struct VirtualMachineInstanceStatus {
     /// The live migration of `spec.migration`, as the source host's agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<crate::VmiMigrationStatus>,
+    /// The Eips and PortForwardings of the NICs whose NAT the host has programmed (a simulated
+    /// host, which has no network, reports them all); their controllers turn them Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat: Vec<VmiNatStatus>,
     /// `Ready` is True while the instance runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,

@@ -19,20 +19,14 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-/// A cluster-scoped kind that can be cached.
-pub(crate) trait Cached:
-    Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
-    + Clone
-    + DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
+/// A kind of either scope that can be cached (for listing, see [`Caches::all`]).
+pub(crate) trait Reflected:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
 {
 }
 
-impl<K> Cached for K where
-    K: Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+impl<K> Reflected for K where
+    K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -42,6 +36,14 @@ impl<K> Cached for K where
 {
 }
 
+/// A cluster-scoped kind that can be cached.
+pub(crate) trait Cached:
+    Reflected + Resource<Scope = kube::core::ClusterResourceScope>
+{
+}
+
+impl<K> Cached for K where K: Reflected + Resource<Scope = kube::core::ClusterResourceScope> {}
+
 /// One store per cached kind.
 #[derive(Default)]
 pub(crate) struct Caches {
@@ -50,7 +52,7 @@ pub(crate) struct Caches {
 
 impl Caches {
     /// Caches every `K`; the returned future keeps the cache fed and must be run.
-    pub fn reflect<K: Cached>(&mut self, client: &Client) -> BoxFuture<'static, ()> {
+    pub fn reflect<K: Reflected>(&mut self, client: &Client) -> BoxFuture<'static, ()> {
         let (store, writer) = reflector::store::<K>();
         self.stores.insert(TypeId::of::<K>(), Box::new(store));
         watcher(Api::<K>::all(client.clone()), watcher::Config::default())
@@ -77,5 +79,17 @@ impl Caches {
             return None;
         }
         Some(store.get(&ObjectRef::new(name)))
+    }
+
+    /// Every cached `K` (namespaced kinds looked up by a field, like the Eips bound to a VM):
+    /// `None` when `K` is not cached or its first list has not arrived.
+    pub fn all<K: Reflected>(&self) -> Option<Vec<Arc<K>>> {
+        let store = self
+            .stores
+            .get(&TypeId::of::<K>())?
+            .downcast_ref::<Store<K>>()?;
+        // Ready once the first list arrived, even if it was empty.
+        store.wait_until_ready().now_or_never()?.ok()?;
+        Some(store.state())
     }
 }

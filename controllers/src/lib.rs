@@ -76,7 +76,8 @@ pub async fn run_with_metrics(
     let l2networks = l2network::controller(&client);
     let l3networks = l3network::controller(&client);
     let security_groups = securitygroup::controller(&client);
-    let eips = vm::eip::controller(&client);
+    let eips = vm::vip::controller::<strata_apis::Eip>(&client);
+    let port_forwardings = vm::vip::controller::<strata_apis::PortForwarding>(&client);
     let volumes = volume::controller(&client);
     let (snapshots, restores) = (snapshot::snapshots(&client), snapshot::restores(&client));
 
@@ -85,11 +86,17 @@ pub async fn run_with_metrics(
     let (ips, ip_writer) = reflector::store();
     let (inventory, inventory_feed) = vm::inventory::Inventory::reflect(&client, vms.store());
     let mut caches = cache::Caches::default();
-    let cache_feeds = future::join4(
-        caches.reflect::<strata_apis::InstanceOffering>(&client),
-        caches.reflect::<strata_apis::Image>(&client),
-        caches.reflect::<strata_apis::L3Network>(&client),
-        caches.reflect::<strata_apis::L2Network>(&client),
+    let cache_feeds = future::join(
+        future::join4(
+            caches.reflect::<strata_apis::InstanceOffering>(&client),
+            caches.reflect::<strata_apis::Image>(&client),
+            caches.reflect::<strata_apis::L3Network>(&client),
+            caches.reflect::<strata_apis::L2Network>(&client),
+        ),
+        future::join(
+            caches.reflect::<strata_apis::Eip>(&client),
+            caches.reflect::<strata_apis::PortForwarding>(&client),
+        ),
     );
     let ctx = Arc::new(
         Context::new(
@@ -162,12 +169,20 @@ pub async fn run_with_metrics(
                 ctx.clone(),
             ),
         ),
-        future::join4(
+        future::join5(
             drain(
                 "eip",
                 eips.run(
-                    metrics.instrument("eip", Metrics::ignore, vm::eip::reconcile),
-                    vm::eip::error_policy,
+                    metrics.instrument("eip", Metrics::ignore, vm::vip::reconcile),
+                    vm::vip::error_policy,
+                    ctx.clone(),
+                ),
+            ),
+            drain(
+                "portforwarding",
+                port_forwardings.run(
+                    metrics.instrument("portforwarding", Metrics::ignore, vm::vip::reconcile),
+                    vm::vip::error_policy,
                     ctx.clone(),
                 ),
             ),

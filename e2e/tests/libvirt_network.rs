@@ -3,7 +3,9 @@
 //! dnsmasq and the metadata service, and plugs each VM's tap into the bridge. Two test guests
 //! applied with kubectl boot, get from DHCP exactly the address the controllers allocated (their
 //! serial consoles show the lease) and read their user data from 169.254.169.254; both answer
-//! ping and HTTP from the L3's namespace. A security-group rule that drops ICMP into vm-b stops
+//! ping and HTTP from the L3's namespace. From a "public" namespace, vm-a answers on its Eip
+//! and vm-b on a PortForwarding's VIP (port 8080 to its port 80) until the rule is deleted; both
+//! turn Ready once the agent reports their NAT. A security-group rule that drops ICMP into vm-b stops
 //! its ping (not its HTTP, not vm-a's ping) and removing the rule restores it. Deleting the VMs
 //! removes the domains and the taps.
 
@@ -42,7 +44,7 @@ fn vms_on_a_real_l3_network_get_their_lease_and_user_data() {
 
     let mut manifest = inventory(&ns, &image, &sha, &[&net, &public], 40);
     // vm-b's NIC is in a security group that lets everything in until the test adds a rule;
-    // vm-a has an EIP.
+    // vm-a has an EIP, vm-b's port 80 is forwarded from port 8080 of a VIP.
     manifest.push_str(&format!(
         r#"---
 apiVersion: strata.io/v1alpha1
@@ -53,6 +55,18 @@ metadata:
 spec:
   l3Network: {public_l3}
   vmNic: {{virtualMachine: vm-a}}
+---
+apiVersion: strata.io/v1alpha1
+kind: PortForwarding
+metadata:
+  name: vm-b-web
+  namespace: {ns}
+spec:
+  l3Network: {public_l3}
+  protocol: TCP
+  externalPorts: {{start: 8080, end: 8080}}
+  internalPorts: {{start: 80, end: 80}}
+  vmNic: {{virtualMachine: vm-b}}
 ---
 apiVersion: strata.io/v1alpha1
 kind: SecurityGroup
@@ -208,6 +222,46 @@ spec:
         via_vip().contains(&format!("hello from {ns}.vm-a {}", ips[0]))
     });
     eprintln!("EIP reached {:?} after the bridge was up", asked.elapsed());
+    let pf_vip = strata.ok(&[
+        "get",
+        "pf",
+        "-n",
+        &ns,
+        "vm-b-web",
+        "-o",
+        "jsonpath={.status.vip}",
+    ]);
+    assert!(
+        pf_vip.starts_with("198.51.100.") && pf_vip != vip,
+        "{pf_vip:?}"
+    );
+    let via_pf = || {
+        let url = format!("http://{pf_vip}:8080/");
+        let out = outside.exec(&["curl", "-sS", "-m", "3", &url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    strata.eventually("vm-b to answer on its forwarded port", BOOT, || {
+        via_pf().contains(&format!("hello from {ns}.vm-b {}", ips[1]))
+    });
+    for object in ["eip/vm-a-eip", "pf/vm-b-web"] {
+        strata.ok(&[
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            object,
+            "--timeout=30s",
+        ]);
+    }
+    strata.ok(&["delete", "-n", &ns, "pf", "vm-b-web", "--timeout=60s"]);
+    let deleted = Instant::now();
+    strata.eventually("the deleted forwarding to stop", BOOT, || {
+        via_pf().is_empty()
+    });
+    eprintln!(
+        "forwarding stopped {:?} after its deletion",
+        deleted.elapsed()
+    );
     drop(outside);
     for (vm, domain, lease, user_data) in lease_checks {
         let log = console(dir.path(), &domain);

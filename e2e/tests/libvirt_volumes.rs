@@ -2,6 +2,7 @@
 //! guest; adding a Volume to the VM's `spec.dataVolumes` hot-plugs it into the running domain
 //! (the guest reports the new disk), growing `spec.size` grows it live (the guest sees the new
 //! size), and removing it from the list unplugs it while the Volume stays, `Ready` on its host.
+//! Deleting the detached Volume deletes its disk from the host's primary storage.
 
 mod libvirt_support;
 mod support;
@@ -116,6 +117,19 @@ spec:
         "--timeout=60s",
     ]);
     assert_eq!(get("{.status.size}"), "32Mi");
+
+    let disk = std::path::PathBuf::from(get("{.status.path}"));
+    assert!(
+        disk.exists(),
+        "{} is on the primary storage",
+        disk.display()
+    );
+    strata.ok(&["delete", "-n", &ns, "volume", "data", "--timeout=60s"]);
+    assert!(
+        !disk.exists(),
+        "deleting the Volume deleted {}",
+        disk.display()
+    );
 
     strata.ok(&["delete", "-n", &ns, "vm", "vm", "--timeout=120s"]);
     strata.eventually("the domain to be removed", BOOT, || !domain_exists(&domain));

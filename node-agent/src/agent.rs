@@ -309,15 +309,23 @@ impl Agent {
             network.attach_l2_networks(crate::network::watch_l2_networks(&self.client));
             tokio::spawn(network.clone().run(NETWORK_RESYNC));
         }
-        controller
-            .run(instance::reconcile, instance::error_policy, ctx)
-            .for_each(|result| async move {
-                match result {
-                    Ok((instance, _)) => debug!(%instance, "reconciled"),
-                    Err(error) => debug!(error = %error, "instance controller"),
-                }
-            })
-            .await;
+        // The disks of deleted data volumes on this host's storage.
+        let volumes = Arc::new(crate::volume::VolumeContext {
+            client: self.client.clone(),
+            driver: self.driver.clone(),
+            instances: controller.store(),
+        });
+        tokio::join!(
+            crate::volume::run(&self.config.host_name, volumes),
+            controller
+                .run(instance::reconcile, instance::error_policy, ctx)
+                .for_each(|result| async move {
+                    match result {
+                        Ok((instance, _)) => debug!(%instance, "reconciled"),
+                        Err(error) => debug!(error = %error, "instance controller"),
+                    }
+                }),
+        );
     }
 }
 

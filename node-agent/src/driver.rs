@@ -127,6 +127,14 @@ pub enum DriverError {
         operation: &'static str,
         driver: &'static str,
     },
+    /// The host's storage failed an operation on a volume.
+    #[error("failed to {operation} volume {volume}")]
+    Storage {
+        volume: String,
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The agent's local record of what it created could not be read or written.
     #[error("failed to update the local record of domain {domain}")]
     Record {
@@ -144,6 +152,7 @@ impl DriverError {
             DriverError::Image { .. } => "ImageUnavailable",
             DriverError::Hypervisor { .. } => "HypervisorError",
             DriverError::Unsupported { .. } => "Unsupported",
+            DriverError::Storage { .. } => "StorageError",
             DriverError::Record { .. } => "LocalStateError",
         }
     }
@@ -199,6 +208,10 @@ pub trait Hypervisor: Send + Sync + 'static {
         volume: &'a str,
         snapshot: &'a str,
     ) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Deletes the disk of the detached data volume `volume` from this host's storage;
+    /// succeeds when it does not exist.
+    fn delete_volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
 
     /// The disks attached to the domain (none when it does not exist).
     fn disks<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<AttachedDisk>, DriverError>>;

@@ -36,6 +36,20 @@ pub enum Error {
         #[source]
         source: Box<finalizer::Error<Error>>,
     },
+    #[error("failed to delete the disk of volume {volume}")]
+    VolumeFinalizer {
+        volume: String,
+        #[source]
+        source: Box<finalizer::Error<Error>>,
+    },
+    #[error("the disk of volume {volume} is still attached to instance {instance}")]
+    DiskInUse { volume: String, instance: String },
+    #[error("failed to delete the disk of volume {volume}")]
+    DeleteDisk {
+        volume: String,
+        #[source]
+        source: DriverError,
+    },
     #[error("failed to read the memory of the simulated capacity")]
     InvalidCapacity(#[source] QuantityError),
     #[error("failed to start the libvirt driver")]
@@ -49,13 +63,16 @@ impl Error {
             Error::RegisterHost { .. } | Error::RenewLease { .. } | Error::UpdateStatus { .. } => {
                 "kube"
             }
-            Error::Destroy { .. } => "driver",
-            Error::Finalizer { source, .. } => match source.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
-                    e.category()
+            Error::Destroy { .. } | Error::DeleteDisk { .. } => "driver",
+            Error::DiskInUse { .. } => "waiting",
+            Error::Finalizer { source, .. } | Error::VolumeFinalizer { source, .. } => {
+                match source.as_ref() {
+                    finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                        e.category()
+                    }
+                    _ => "finalizer",
                 }
-                _ => "finalizer",
-            },
+            }
             Error::InvalidCapacity(_) => "config",
             Error::Libvirt(_) => "driver",
         }

@@ -21,7 +21,8 @@ use kube::{
 use serde_json::json;
 use strata_apis::{
     condition::{CRASHED, PAUSED, READY, STOPPED_OUTSIDE, VMI_FINALIZER},
-    quantity, PowerState, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase,
+    quantity, PowerState, VirtualMachineInstance, VirtualMachineInstanceStatus, VmiNatStatus,
+    VmiPhase,
 };
 use tracing::warn;
 
@@ -121,9 +122,11 @@ async fn apply(
                 if phase == VmiPhase::Pending {
                     report(api, vmi, &Observed::Starting).await?;
                 }
-                if let Some(network) = &ctx.network {
-                    network.plug(vmi, &mut domain.nics).await;
-                }
+                let nat = match &ctx.network {
+                    Some(network) => network.plug(vmi, &mut domain.nics).await,
+                    None => simulated_nat(vmi),
+                };
+                report_nat(api, vmi, nat).await?;
                 let ensured = match ctx.driver.ensure(&domain).await {
                     Ok(observed) => reboot_if_asked(api, vmi, ctx, &domain, phase, observed).await,
                     Err(e) => Err(e),
@@ -147,6 +150,52 @@ async fn apply(
     report_console(api, vmi, console).await?;
     // A running guest's console changes: look again soon (patched only when it did).
     Ok(Action::requeue(CONSOLE_REFRESH))
+}
+
+/// A simulated host has no network: it reports every Eip and port forwarding of the instance as
+/// programmed, as it reports domains running.
+fn simulated_nat(vmi: &VirtualMachineInstance) -> Vec<VmiNatStatus> {
+    let nat = |kind: &str, public: &strata_apis::VmiEip| VmiNatStatus {
+        kind: kind.into(),
+        name: public.name.clone(),
+        vip: public.vip.clone(),
+    };
+    let mut all: Vec<VmiNatStatus> = vmi
+        .spec
+        .nics
+        .iter()
+        .flat_map(|nic| {
+            nic.eip.iter().map(|e| nat("Eip", e)).chain(
+                nic.port_forwardings
+                    .iter()
+                    .map(|pf| nat("PortForwarding", &pf.public)),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// Publishes the NAT programmed for the instance in the status, when it changed.
+async fn report_nat(
+    api: &Api<VirtualMachineInstance>,
+    vmi: &VirtualMachineInstance,
+    nat: Vec<VmiNatStatus>,
+) -> Result<(), Error> {
+    if vmi.status.as_ref().map(|s| &s.nat).unwrap_or(&Vec::new()) == &nat {
+        return Ok(());
+    }
+    api.patch_status(
+        &vmi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "nat": nat } })),
+    )
+    .await
+    .map_err(|source| Error::UpdateStatus {
+        instance: instance_key(vmi),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Publishes the end of the serial console in the status, when it changed.
@@ -304,11 +353,13 @@ async fn report(
         return Ok(());
     }
     let mut patch = json!(status);
-    // Only reboot_if_asked, report_console and volume::report write these: this status may predate them.
+    // Only reboot_if_asked, report_console, report_nat and volume::report write these: this
+    // status may predate them.
     if let Some(fields) = patch.as_object_mut() {
         fields.remove("rebootRequest");
         fields.remove("consoleTail");
         fields.remove("disks");
+        fields.remove("nat");
     }
     api.patch_status(
         &vmi.name_any(),

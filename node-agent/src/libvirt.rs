@@ -593,6 +593,19 @@ impl Hypervisor for LibvirtDriver {
         Box::pin(self.attached(name))
     }
 
+    fn delete_volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            self.storage
+                .delete_volume(volume)
+                .await
+                .map_err(|e| DriverError::Storage {
+                    volume: volume.to_string(),
+                    operation: "delete",
+                    source: Box::new(e),
+                })
+        })
+    }
+
     // strata-virt's snapshots are the whole domain's (every disk, and memory while it runs);
     // a volume's own needs per-disk internal snapshots (QMP blockdev-snapshot-internal-sync),
     // not built yet: the libvirt driver takes none and reports none.

@@ -257,6 +257,14 @@ impl Hypervisor for TimedDriver {
         self.inner.events()
     }
 
+    fn delete_volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.metrics.time(
+            &self.host,
+            "delete_volume",
+            self.inner.delete_volume(volume),
+        ))
+    }
+
     fn revert_disk<'a>(
         &'a self,
         name: &'a str,

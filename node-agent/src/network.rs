@@ -12,11 +12,14 @@
 //! (`L2Network.status.vteps`: the management addresses of the hosts of its clusters), read from
 //! a watch of L2 networks, plus any static peers in the agent's configuration; this host's own
 //! VTEP address comes from the configuration. Peers that appear or leave are applied on the next
-//! resync. Port forwarding is not resolved into the instance yet.
+//! resync.
 //!
-//! EIPs come resolved in each NIC (`VmiNic.eip`, with the Public L3's prefix, gateway and L2): the
-//! public L2's bridge is built like any other, and each private L3 with EIPs gets the driver's NAT
-//! (a veth from its namespace into the public bridge, 1:1 DNAT/SNAT). NAT the agent applied and no
+//! EIPs and port forwardings come resolved in each NIC (`VmiNic.eip`, `VmiNic.portForwardings`,
+//! with the Public L3's prefix, gateway and L2): the public L2's bridge is built like any other,
+//! and each private L3 with either gets the driver's NAT (a veth from its namespace into the
+//! public bridge, 1:1 DNAT/SNAT for an EIP, DNAT of ports for a port forwarding). A private L3
+//! reaches one public network; a VIP on another is reported as a problem. What was programmed is
+//! returned by [`HostNetwork::plug`] for the instance's status. NAT the agent applied and no
 //! instance wants any more is removed; after an agent restart, leftover NAT goes with its L3
 //! namespace.
 //!
@@ -35,11 +38,12 @@ use kube::runtime::{reflector, reflector::Store, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use strata_apis::{
     securitygroup::{Protocol as ApiProtocol, RuleAction},
-    L2Network, L2NetworkType, VirtualMachineInstance, VmiEip, VmiNic, VmiSecurityRule,
+    ForwardedProtocol, L2Network, L2NetworkType, VirtualMachineInstance, VmiEip, VmiNatStatus,
+    VmiNic, VmiPortForwarding, VmiSecurityRule,
 };
 use strata_network::{
     names, Action, Eip, InstanceMetadata, L2Spec, L2Type, L3Spec, Lease, MetadataServer, NatSpec,
-    NetworkDriver, NicSecurity, Protocol, PublicUplink, SgRule,
+    NetworkDriver, NicSecurity, PfProtocol, PortForward, Protocol, PublicUplink, SgRule,
 };
 use tracing::{info, warn};
 
@@ -68,8 +72,10 @@ pub struct HostNetworks {
     pub metadata: BTreeMap<String, HashMap<Ipv4Addr, InstanceMetadata>>,
     /// By tap: the firewall of each NIC in a security group.
     pub security: BTreeMap<String, NicSecurity>,
-    /// By private L3 name: the EIPs NATed from its namespace.
+    /// By private L3 name: the EIPs and port forwardings NATed from its namespace.
     pub nat: BTreeMap<String, NatSpec>,
+    /// By instance (`namespace/name`): its planned NAT, with the private L3 it is on.
+    pub nat_of: BTreeMap<String, Vec<(String, VmiNatStatus)>>,
     /// NICs that could not be planned, with why (reported, the rest goes ahead).
     pub problems: Vec<String>,
 }
@@ -255,7 +261,62 @@ pub fn nic_security(tap: &str, nic: &VmiNic) -> Result<Option<NicSecurity>, Stri
     }))
 }
 
-/// The public L2 an EIP needs, its uplink and the VIP (pure).
+/// The rules of a port forwarding to `private_ip` (pure).
+fn port_forward(
+    pf: &VmiPortForwarding,
+    vip: Ipv4Addr,
+    private_ip: Ipv4Addr,
+) -> Result<PortForward, String> {
+    let allowed_cidr = match &pf.allowed_cidr {
+        Some(c) => Some(
+            c.parse::<ipnet::Ipv4Net>()
+                .map_err(|_| format!("allowed CIDR {c:?} is not IPv4"))?
+                .trunc(),
+        ),
+        None => None,
+    };
+    Ok(PortForward {
+        vip,
+        protocol: match pf.protocol {
+            ForwardedProtocol::TCP => PfProtocol::Tcp,
+            ForwardedProtocol::UDP => PfProtocol::Udp,
+        },
+        external: (pf.external_ports.start, pf.external_ports.end),
+        private_ip,
+        internal: (pf.internal_ports.start, pf.internal_ports.end),
+        allowed_cidr,
+    })
+}
+
+/// Plans the public side of a VIP for the private L3 `l3` (its public L2, and the L3's NAT
+/// through it) and returns the L3's NAT and the VIP. A private L3 reaches one public network.
+fn nat_entry<'a>(
+    out: &'a mut HostNetworks,
+    l3: &str,
+    public: &VmiEip,
+    cfg: &NetworkConfig,
+    published: &PublishedVteps,
+) -> Result<(&'a mut NatSpec, Ipv4Addr), String> {
+    let (public_l2, uplink, vip) = eip_plan(public, cfg, published)?;
+    if let Some(nat) = out.nat.get(l3) {
+        if nat.public.bridge != uplink.bridge {
+            return Err(format!(
+                "VIP {vip} is on L3 network {}, but L3 network {l3} already reaches another public network here",
+                public.l3_network
+            ));
+        }
+    }
+    out.l2.entry(public_l2.name.clone()).or_insert(public_l2);
+    let nat = out.nat.entry(l3.to_string()).or_insert_with(|| NatSpec {
+        l3: l3.to_string(),
+        public: uplink,
+        eips: vec![],
+        port_forwards: vec![],
+    });
+    Ok((nat, vip))
+}
+
+/// The public L2 a VIP needs, its uplink and the VIP (pure).
 fn eip_plan(
     eip: &VmiEip,
     cfg: &NetworkConfig,
@@ -340,22 +401,41 @@ pub fn desired(
                 }
             };
             let ip: Ipv4Addr = nic.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
-            if let Some(eip) = &nic.eip {
-                match eip_plan(eip, cfg, published) {
-                    Ok((public_l2, uplink, vip)) => {
-                        let nat = out.nat.entry(l3.name.clone()).or_insert_with(|| NatSpec {
-                            l3: l3.name.clone(),
-                            public: uplink,
-                            eips: vec![],
-                            port_forwards: vec![],
-                        });
-                        nat.eips.push(Eip {
-                            vip,
-                            private_ip: ip,
-                        });
-                        out.l2.entry(public_l2.name.clone()).or_insert(public_l2);
-                    }
-                    Err(e) => out.problems.push(format!("{who}: Eip {}: {e}", eip.name)),
+            let instance = format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any());
+            let vips = nic
+                .eip
+                .iter()
+                .map(|e| (e, None))
+                .chain(nic.port_forwardings.iter().map(|pf| (&pf.public, Some(pf))));
+            for (public, pf) in vips {
+                let kind = if pf.is_some() {
+                    "PortForwarding"
+                } else {
+                    "Eip"
+                };
+                let planned =
+                    nat_entry(&mut out, &l3.name, public, cfg, published).and_then(|(nat, vip)| {
+                        match pf {
+                            None => nat.eips.push(Eip {
+                                vip,
+                                private_ip: ip,
+                            }),
+                            Some(pf) => nat.port_forwards.push(port_forward(pf, vip, ip)?),
+                        }
+                        Ok(())
+                    });
+                match planned {
+                    Ok(()) => out.nat_of.entry(instance.clone()).or_default().push((
+                        l3.name.clone(),
+                        VmiNatStatus {
+                            kind: kind.into(),
+                            name: public.name.clone(),
+                            vip: public.vip.clone(),
+                        },
+                    )),
+                    Err(e) => out
+                        .problems
+                        .push(format!("{who}: {kind} {}: {e}", public.name)),
                 }
             }
             out.l2.entry(l2.name.clone()).or_insert(l2);
@@ -410,6 +490,8 @@ pub struct Synced {
     pub want: HostNetworks,
     /// L3 networks that are up on this host (their NICs can be plugged).
     pub ready_l3: Vec<String>,
+    /// Private L3 networks whose planned NAT was programmed by this sync.
+    pub nat_ready: Vec<String>,
 }
 
 impl HostNetwork {
@@ -464,24 +546,33 @@ impl HostNetwork {
         let previous = nat_applied.clone();
         let owned = OwnedBridges(self.config.driver.state_dir.join("bridges"));
         // The driver runs short commands synchronously.
-        let (ready_l3, nat) = tokio::task::spawn_blocking(move || {
+        let (ready_l3, (nat, nat_ready)) = tokio::task::spawn_blocking(move || {
             let ready = apply(&driver, &plan, &owned);
             let nat = apply_nat(&driver, &plan, &ready, &previous);
             (ready, nat)
         })
         .await
-        .unwrap_or_else(|_| (Vec::new(), nat_applied.clone()));
+        .unwrap_or_else(|_| (Vec::new(), (nat_applied.clone(), Vec::new())));
         *nat_applied = nat;
         if self.config.metadata {
             self.sync_metadata(&want, &ready_l3);
         }
-        Synced { want, ready_l3 }
+        Synced {
+            want,
+            ready_l3,
+            nat_ready,
+        }
     }
 
     /// Before a domain starts: builds the networks of `vmi`'s NICs (with every lease of this host,
     /// from the attached store) and names each NIC's bridge and tap. A NIC whose network could not
     /// be built is left unplugged (the domain boots without it and the next resync plugs it).
-    pub async fn plug(&self, vmi: &VirtualMachineInstance, nics: &mut [crate::DomainNic]) {
+    /// Returns the instance's Eips and port forwardings whose NAT is programmed.
+    pub async fn plug(
+        &self,
+        vmi: &VirtualMachineInstance,
+        nics: &mut [crate::DomainNic],
+    ) -> Vec<VmiNatStatus> {
         let mut vmis = match self.store() {
             Some(store) => {
                 let _ = store.wait_until_ready().await;
@@ -491,13 +582,25 @@ impl HostNetwork {
         };
         vmis.retain(|v| v.metadata.uid != vmi.metadata.uid || vmi.metadata.uid.is_none());
         vmis.push(Arc::new(vmi.clone()));
-        let synced = self.sync(&vmis).await;
+        let mut synced = self.sync(&vmis).await;
         for (i, nic) in nics.iter_mut().enumerate() {
             if synced.ready_l3.contains(&nic.spec.l3_network) {
                 nic.bridge = Some(bridge(&nic.spec));
                 nic.tap = Some(tap(vmi, i));
             }
         }
+        let instance = format!("{}/{}", vmi.namespace().unwrap_or_default(), vmi.name_any());
+        let mut programmed: Vec<VmiNatStatus> = synced
+            .want
+            .nat_of
+            .remove(&instance)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(l3, _)| synced.nat_ready.contains(l3))
+            .map(|(_, nat)| nat)
+            .collect();
+        programmed.sort();
+        programmed
     }
 
     fn sync_metadata(&self, want: &HostNetworks, ready_l3: &[String]) {
@@ -540,13 +643,14 @@ impl HostNetwork {
 }
 
 /// Ensures the planned NAT of the L3 networks that are up (and whose public bridge is), removes NAT
-/// applied before and no longer planned; returns the NAT now applied (private L3 → public bridge).
+/// applied before and no longer planned; returns the NAT now applied (private L3 → public bridge)
+/// and the L3 networks whose NAT this call programmed.
 fn apply_nat(
     driver: &NetworkDriver,
     want: &HostNetworks,
     ready_l3: &[String],
     previous: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
+) -> (BTreeMap<String, String>, Vec<String>) {
     let mut applied = BTreeMap::new();
     for (l3, nat) in &want.nat {
         if !ready_l3.contains(l3) {
@@ -556,9 +660,10 @@ fn apply_nat(
             Ok(()) => {
                 applied.insert(l3.clone(), nat.public.bridge.clone());
             }
-            Err(e) => warn!(l3 = %l3, error = %e, "failed to program the L3 network's EIPs"),
+            Err(e) => warn!(l3 = %l3, error = %e, "failed to program the L3 network's NAT"),
         }
     }
+    let programmed = applied.keys().cloned().collect();
     for (l3, bridge) in previous {
         let wanted = want.nat.get(l3).map(|n| &n.public.bridge) == Some(bridge);
         if wanted && !applied.contains_key(l3) {
@@ -566,12 +671,12 @@ fn apply_nat(
             applied.insert(l3.clone(), bridge.clone());
         } else if !wanted {
             match driver.remove_nat(l3, bridge) {
-                Ok(()) => info!(l3 = %l3, "removed EIP NAT no instance here wants"),
-                Err(e) => warn!(l3 = %l3, error = %e, "failed to remove EIP NAT"),
+                Ok(()) => info!(l3 = %l3, "removed NAT no instance here wants"),
+                Err(e) => warn!(l3 = %l3, error = %e, "failed to remove NAT"),
             }
         }
     }
-    applied
+    (applied, programmed)
 }
 
 /// The bridges this agent built, kept in a file so that after a restart it still removes its own
@@ -927,6 +1032,70 @@ mod tests {
                 private_ip: "10.0.0.11".parse().unwrap(),
             }]
         );
+    }
+
+    #[test]
+    fn port_forwardings_share_their_l3s_nat_and_one_public_network() {
+        let public = |l2: &str| strata_apis::VmiEip {
+            name: "web".into(),
+            vip: "203.0.113.8".into(),
+            l3_network: format!("{l2}-l3"),
+            prefix_length: 24,
+            gateway: None,
+            l2: VmiL2Network {
+                name: l2.into(),
+                network_type: L2NetworkType::NoVlan,
+                physical_interface: Some("eth2".into()),
+                ..Default::default()
+            },
+        };
+        let pf = |l2: &str, cidr: Option<&str>| VmiPortForwarding {
+            public: public(l2),
+            protocol: ForwardedProtocol::UDP,
+            external_ports: strata_apis::PortRange {
+                start: 5000,
+                end: 5001,
+            },
+            internal_ports: strata_apis::PortRange { start: 53, end: 54 },
+            allowed_cidr: cidr.map(Into::into),
+        };
+        let mut n = nic("l3", "10.0.0.11", "52:54:00:00:00:01", flat());
+        n.port_forwardings = vec![
+            pf("pub", Some("198.51.100.7/24")),
+            pf("other-pub", None),
+            pf("pub", Some("nonsense")),
+        ];
+        let d = desired(
+            &[vmi("a", vec![n], None)],
+            &NetworkConfig::default(),
+            &PublishedVteps::default(),
+        );
+        assert_eq!(d.problems.len(), 2, "{:?}", d.problems);
+        assert!(
+            d.problems[0].contains("another public network"),
+            "{:?}",
+            d.problems
+        );
+        assert!(!d.l2.contains_key("other-pub"));
+        assert_eq!(
+            d.nat["l3"].port_forwards,
+            [PortForward {
+                vip: "203.0.113.8".parse().unwrap(),
+                protocol: PfProtocol::Udp,
+                external: (5000, 5001),
+                private_ip: "10.0.0.11".parse().unwrap(),
+                internal: (53, 54),
+                allowed_cidr: Some("198.51.100.0/24".parse().unwrap()),
+            }]
+        );
+        let planned: Vec<&str> = d.nat_of["default/a"]
+            .iter()
+            .map(|(l3, n)| {
+                assert_eq!((l3.as_str(), n.kind.as_str()), ("l3", "PortForwarding"));
+                n.name.as_str()
+            })
+            .collect();
+        assert_eq!(planned, ["web"], "only the rule that was planned");
     }
 
     #[test]

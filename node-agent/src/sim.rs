@@ -340,6 +340,11 @@ impl Hypervisor for SimDriver {
         Box::pin(future::ready(Ok(disks)))
     }
 
+    fn delete_volume<'a>(&'a self, volume: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.volumes().remove(volume);
+        Box::pin(future::ready(Ok(())))
+    }
+
     fn revert_disk<'a>(
         &'a self,
         name: &'a str,

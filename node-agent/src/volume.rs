@@ -1,18 +1,26 @@
 //! The agent's side of volumes: the instance's disks as the driver takes them, and the disks
 //! the hypervisor has attached, reported back in the instance's `status.disks` for the
 //! controllers (the Volume controller reads attachment, size and path from there). The agent
-//! decides nothing here: devices, serials and sizes come resolved in `spec.disks`.
+//! decides nothing here: devices, serials and sizes come resolved in `spec.disks`. The disk of
+//! a deleted data volume is deleted by the agent of its host ([`DISK_FINALIZER`]).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{
     api::{Patch, PatchParams},
-    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{self, finalizer, Event},
+        reflector::Store,
+        watcher, Controller,
+    },
+    Api, Client, ResourceExt,
 };
 use serde_json::json;
-use strata_apis::{quantity, VirtualMachineInstance, VmiDiskStatus, VolumeType};
-use tracing::warn;
+use strata_apis::{quantity, VirtualMachineInstance, VmiDiskStatus, Volume, VolumeType};
+use tracing::{debug, warn};
 
 use crate::{
     driver::{DataDisk, Hypervisor},
@@ -135,6 +143,98 @@ pub(crate) async fn report(
         source,
     })?;
     Ok(())
+}
+
+/// Held by the agent of a data volume's host (`status.host`) until it deleted the volume's disk
+/// from its storage, so deleting a Volume frees its space. Root disks go with their domain.
+pub const DISK_FINALIZER: &str = "strata.io/host-disk";
+/// How soon a deleted volume whose disk is still attached here looks again.
+const IN_USE_RETRY: Duration = Duration::from_secs(2);
+
+pub(crate) struct VolumeContext {
+    pub client: Client,
+    pub driver: Arc<dyn Hypervisor>,
+    /// The instances on this host, to tell whether a disk is still attached.
+    pub instances: Store<VirtualMachineInstance>,
+}
+
+/// Holds [`DISK_FINALIZER`] on the data volumes of this host; once one is deleted and no
+/// instance here has its disk any more, deletes the disk.
+pub(crate) async fn run(host: &str, ctx: Arc<VolumeContext>) {
+    let api: Api<Volume> = Api::all(ctx.client.clone());
+    let selector = format!("status.host={host}");
+    Controller::new(api, watcher::Config::default().fields(&selector))
+        .run(reconcile_volume, volume_error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(error = %error, "volume controller");
+            }
+        })
+        .await;
+}
+
+async fn reconcile_volume(volume: Arc<Volume>, ctx: Arc<VolumeContext>) -> Result<Action, Error> {
+    if volume.spec.volume_type != VolumeType::Data {
+        return Ok(Action::await_change());
+    }
+    let key = format!(
+        "{}/{}",
+        volume.namespace().unwrap_or_default(),
+        volume.name_any()
+    );
+    let api: Api<Volume> = Api::namespaced(
+        ctx.client.clone(),
+        volume.namespace().as_deref().unwrap_or_default(),
+    );
+    finalizer(&api, DISK_FINALIZER, volume, |event| async {
+        match event {
+            Event::Apply(_) => Ok(Action::await_change()),
+            Event::Cleanup(volume) => delete_disk(&volume, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|source| Error::VolumeFinalizer {
+        volume: key,
+        source: Box::new(source),
+    })
+}
+
+fn volume_error_policy(volume: Arc<Volume>, error: &Error, _ctx: Arc<VolumeContext>) -> Action {
+    if !matches!(error, Error::VolumeFinalizer { source, .. }
+        if matches!(source.as_ref(), finalizer::Error::CleanupFailed(Error::DiskInUse { .. })))
+    {
+        warn!(volume = %volume.name_any(), category = error.category(), error = %error, "reconcile failed");
+    }
+    Action::requeue(IN_USE_RETRY)
+}
+
+/// Deletes the deleted `volume`'s disk once no instance on this host has it.
+async fn delete_disk(volume: &Volume, ctx: &VolumeContext) -> Result<Action, Error> {
+    let namespace = volume.namespace().unwrap_or_default();
+    let name = volume.name_any();
+    let _ = ctx.instances.wait_until_ready().await;
+    let user = ctx.instances.state().into_iter().find(|vmi| {
+        vmi.namespace().as_deref() == Some(namespace.as_str())
+            && (vmi.spec.disks.iter().any(|d| d.name == name)
+                || vmi
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.disks.iter().any(|d| d.name == name)))
+    });
+    if let Some(vmi) = user {
+        return Err(Error::DiskInUse {
+            volume: format!("{namespace}/{name}"),
+            instance: vmi.name_any(),
+        });
+    }
+    ctx.driver
+        .delete_volume(&storage_name(&namespace, &name))
+        .await
+        .map_err(|source| Error::DeleteDisk {
+            volume: format!("{namespace}/{name}"),
+            source,
+        })?;
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ pub(crate) fn build(
             l2: network.l2.clone(),
             security: resolved.security.get(i).cloned().flatten(),
             eip: resolved.eips.get(i).cloned().flatten(),
+            port_forwardings: resolved
+                .port_forwardings
+                .get(i)
+                .cloned()
+                .unwrap_or_default(),
         })
         .collect();
     VirtualMachineInstance {
@@ -72,8 +77,9 @@ pub(crate) fn build(
 
 /// What the instance looks like after `apply`.
 pub(crate) enum Applied {
-    /// It exists with the desired spec; its status as reported by the agent.
-    Current(Option<VirtualMachineInstanceStatus>),
+    /// It exists with the desired spec; its status as reported by the agent (boxed: the
+    /// status is large and the other variant empty).
+    Current(Option<Box<VirtualMachineInstanceStatus>>),
     /// An earlier instance is still being destroyed; the new one comes after it.
     Replacing,
 }
@@ -103,7 +109,7 @@ pub(crate) async fn apply(
                 ..desired.spec
             };
             if current.spec == spec {
-                return Ok(Applied::Current(current.status));
+                return Ok(Applied::Current(current.status.map(Box::new)));
             }
             let mut patch = json!({ "spec": spec });
             // A merge patch keeps what it leaves out: null removes a landed migration.
@@ -111,7 +117,7 @@ pub(crate) async fn apply(
             api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
                 .map_err(failed)?;
-            Ok(Applied::Current(current.status))
+            Ok(Applied::Current(current.status.map(Box::new)))
         }
     }
 }

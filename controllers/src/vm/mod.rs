@@ -7,10 +7,12 @@ pub(crate) mod ha;
 mod instance;
 pub(crate) mod inventory;
 mod ipam;
+pub(crate) mod portforwarding;
 pub(crate) mod recycle;
 pub(crate) mod schedule;
 mod security;
 mod status;
+pub(crate) mod vip;
 pub(crate) mod volumes;
 mod wake;
 
@@ -99,6 +101,8 @@ pub(crate) struct Resolved {
     pub security: Vec<Option<strata_apis::VmiNicSecurity>>,
     /// Each NIC's Eip, once it has a VIP.
     pub eips: Vec<Option<strata_apis::VmiEip>>,
+    /// Each NIC's PortForwardings that have a VIP.
+    pub port_forwardings: Vec<Vec<strata_apis::VmiPortForwarding>>,
 }
 
 pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
@@ -111,7 +115,8 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let (volume_users, snapshot_users, restore_users) =
         (store.clone(), store.clone(), store.clone());
     let group_generations = Generations::default();
-    let eip_bindings = eip::Bindings::default();
+    let eip_bindings = vip::Bindings::default();
+    let port_forwarding_bindings = vip::Bindings::default();
     let remote_groups = security::RemoteGroups::default();
     let room_hints = Mutex::new(RoomHints::default());
     let l3_generations = Generations::default();
@@ -198,11 +203,17 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
             })
         },
     )
-    // An Eip's VIP or binding is resolved into the instance of the VM it is (or was) bound to.
+    // An Eip's or PortForwarding's VIP or binding is resolved into the instance of the VM it
+    // is (or was) bound to.
     .watches(
         Api::<strata_apis::Eip>::all(client.clone()),
         watcher::Config::default(),
         move |e| eip_bindings.record(&e),
+    )
+    .watches(
+        Api::<strata_apis::PortForwarding>::all(client.clone()),
+        watcher::Config::default(),
+        move |pf| port_forwarding_bindings.record(&pf),
     )
     // A volume given to a VM, taken back, grown or gone changes its disks.
     .watches(
@@ -493,7 +504,7 @@ async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
             reboot_pending: reported.as_ref().is_some_and(|r| {
                 r.phase == VmiPhase::Running && r.reboot_request != vm.spec.reboot_request
             }),
-            instance: reported,
+            instance: reported.map(|r| *r),
             cpu: resolved.size.cpu,
             memory: resolved.memory.clone(),
         },
@@ -645,6 +656,7 @@ async fn resolve(ctx: &Context, vm: &VirtualMachine) -> Result<Result<Resolved, 
         networks,
         security,
         eips: eip::resolve(ctx, vm).await?,
+        port_forwardings: portforwarding::resolve(ctx, vm).await?,
     }))
 }
 
