@@ -119,6 +119,7 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     let port_forwarding_bindings = vip::Bindings::default();
     let remote_groups = security::RemoteGroups::default();
     let room_hints = Mutex::new(RoomHints::default());
+    let host_changes = wake::HostChanges::default();
     let l3_generations = Generations::default();
     let image_generations = Generations::default();
     vms.owns(
@@ -247,19 +248,23 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
     .watches(
         Api::<Host>::all(client.clone()),
         watcher::Config::default(),
-        // A host change matters to the VMs on it, and to every VM still waiting for a host
-        // if the host may have gained room.
+        // A host change matters to the VMs on it unless it only counts placements, and to
+        // every VM still waiting for a host if the host may have gained room.
         move |h| {
             let name = h.name_any();
             let gained = room_hints
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .gained_room(&name, inventory::room(&h));
+            let matters = host_changes.matters(&h);
+            if !gained && !matters {
+                return Vec::new();
+            }
             referring(&hosts, |vm| {
                 vm.status
                     .as_ref()
                     .and_then(|s| s.host.as_ref())
-                    .map_or(gained, |host| *host == name)
+                    .map_or(gained, |host| matters && *host == name)
             })
         },
     )
