@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
@@ -15,7 +15,7 @@ use kube::{
     },
     Client,
 };
-use strata_apis::{Host, IpAddress, VirtualMachineInstance};
+use strata_apis::{Host, IpAddress, VirtualMachine, VirtualMachineInstance};
 
 use tracing::{debug, warn};
 
@@ -40,6 +40,8 @@ pub(crate) struct Context {
     pub inventory: Inventory,
     /// Offerings, images and networks, for resolving references.
     pub caches: Caches,
+    /// The VMs as this process last wrote them, for reconciles the cache has not caught up with.
+    pub written_vms: Written<VirtualMachine>,
     assumed: Mutex<Assumed>,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -68,6 +70,7 @@ impl Context {
             ips,
             inventory,
             caches: Caches::default(),
+            written_vms: Written::default(),
             assumed: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -141,18 +144,76 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize,
 {
+    patched_status(api, kind, name, key, status).await.map(drop)
+}
+
+/// [`merge_status`], returning the object as stored after the patch.
+pub(crate) async fn patched_status<K, S>(
+    api: &kube::Api<K>,
+    kind: &'static str,
+    name: &str,
+    key: String,
+    status: &S,
+) -> Result<K, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
     api.patch_status(
         name,
         &kube::api::PatchParams::default(),
         &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
     )
     .await
-    .map(|_| ())
     .map_err(|source| Error::UpdateStatus {
         kind,
         name: key,
         source,
     })
+}
+
+/// Objects as this process last wrote them, by key, until the watch-fed cache shows them. A
+/// reconcile woken by some other object's event otherwise starts from a copy older than its
+/// own last write, recomputes the status from it, writes it again (with new transition times,
+/// which wakes the object once more) and publishes the same Events again: under a burst of
+/// 1,000 creates that was ~15 status writes and ~30 Events per VM instead of ~4 and 3.
+pub(crate) struct Written<K>(Mutex<HashMap<String, Arc<K>>>);
+
+impl<K> Default for Written<K> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<K: kube::Resource> Written<K> {
+    /// Remembers `object` as written under `key`.
+    pub fn record(&self, key: String, object: K) {
+        self.lock().insert(key, Arc::new(object));
+    }
+
+    /// `cached`, or the copy written under `key` if it is newer (a higher resourceVersion, the
+    /// store's revision); a copy the cache has caught up with is forgotten.
+    pub fn freshest(&self, key: &str, cached: Arc<K>) -> Arc<K> {
+        let mut written = self.lock();
+        let Some(mine) = written.get(key) else {
+            return cached;
+        };
+        if revision(mine.as_ref()) > revision(cached.as_ref()) {
+            return mine.clone();
+        }
+        written.remove(key);
+        cached
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<K>>> {
+        // Every update is a single map operation, so a panicked holder leaves it consistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The resourceVersion as a number; `None` (older than any) if it is not one.
+fn revision<K: kube::Resource>(object: &K) -> Option<u64> {
+    object.meta().resource_version.as_deref()?.parse().ok()
 }
 
 /// Exponential backoff from 1 s to 5 min after `failures` consecutive failures.
@@ -177,6 +238,37 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newer_of_the_written_and_the_cached_copy_wins() {
+        let at = |rv: &str| {
+            let mut vm = VirtualMachine::new("a", Default::default());
+            vm.metadata.resource_version = Some(rv.into());
+            vm
+        };
+        let written = Written::default();
+        assert_eq!(
+            written
+                .freshest("ns/a", Arc::new(at("5")))
+                .metadata
+                .resource_version
+                .as_deref(),
+            Some("5")
+        );
+        written.record("ns/a".into(), at("7"));
+        let fresh = |rv| {
+            written
+                .freshest("ns/a", Arc::new(at(rv)))
+                .metadata
+                .resource_version
+                .clone()
+        };
+        assert_eq!(fresh("6").as_deref(), Some("7"), "the cache lags");
+        assert_eq!(fresh("8").as_deref(), Some("8"), "the cache caught up");
+        written.record("ns/a".into(), at("9"));
+        assert_eq!(fresh("9").as_deref(), Some("9"));
+        assert!(written.lock().is_empty(), "forgotten once caught up");
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

@@ -344,6 +344,7 @@ pub(crate) fn vm_key(vm: &VirtualMachine) -> String {
 
 pub(crate) async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = vm_key(&vm);
+    let vm = ctx.written_vms.freshest(&key, vm);
     let api: Api<VirtualMachine> = Api::namespaced(
         ctx.client.clone(),
         vm.namespace().as_deref().unwrap_or_default(),
@@ -867,8 +868,10 @@ async fn update_status(
         ctx.client.clone(),
         vm.namespace().as_deref().unwrap_or_default(),
     );
-    crate::context::merge_status(&api, "VirtualMachine", &vm.name_any(), vm_key(vm), &patch)
-        .await?;
+    let written =
+        crate::context::patched_status(&api, "VirtualMachine", &vm.name_any(), vm_key(vm), &patch)
+            .await?;
+    ctx.written_vms.record(vm_key(vm), written);
     events::publish(&ctx.recorder, vm, status::transitions(current, &new)).await;
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
-    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, ObjectMeta, PostParams},
     Api, Resource, ResourceExt,
 };
 use serde_json::json;
@@ -441,22 +441,17 @@ async fn write(
     vm: &VirtualMachine,
     status: &VirtualMachineStatus,
 ) -> Result<(), Error> {
-    Api::<VirtualMachine>::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default())
-        .patch_status(
-            &vm.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": {
-                "volumes": status.volumes,
-                "conditions": status.conditions,
-            }})),
-        )
-        .await
-        .map(drop)
-        .map_err(|source| Error::UpdateStatus {
-            kind: "VirtualMachine",
-            name: vm_key(vm),
-            source,
-        })
+    let api =
+        Api::<VirtualMachine>::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    let patch = json!({
+        "volumes": status.volumes,
+        "conditions": status.conditions,
+    });
+    let written =
+        crate::context::patched_status(&api, "VirtualMachine", &vm.name_any(), vm_key(vm), &patch)
+            .await?;
+    ctx.written_vms.record(vm_key(vm), written);
+    Ok(())
 }
 
 /// Events for volumes attached, detached, and `VolumesReady` turning False for a new reason.
