@@ -38,7 +38,7 @@ use strata_apis::{
 use crate::{
     conditions::{self, Desired},
     events::{self, Transition},
-    vm::{recycle, volumes::root_name},
+    vm::{recycle, volumes::is_root_of},
     Context, Error,
 };
 
@@ -56,10 +56,11 @@ pub(crate) fn controller(client: &Client) -> Controller<Volume> {
             Api::<VirtualMachine>::all(client.clone()),
             watcher::Config::default(),
             move |vm| {
-                let (name, data) = (vm.name_any(), vm.spec.data_volumes.clone());
+                let name = vm.name_any();
                 matching(&by_vm, vm.namespace(), |v| {
-                    v.name_any() == root_name(&name)
-                        || data.contains(&v.name_any())
+                    let volume = v.metadata.name.as_deref().unwrap_or_default();
+                    is_root_of(volume, &name)
+                        || vm.spec.data_volumes.iter().any(|d| d == volume)
                         || held_by(v, &name)
                 })
             },
@@ -75,9 +76,10 @@ pub(crate) fn controller(client: &Client) -> Controller<Volume> {
                     .map(|s| s.disks.clone())
                     .unwrap_or_default();
                 matching(&by_instance, vmi.namespace(), |v| {
+                    let volume = v.metadata.name.as_deref().unwrap_or_default();
                     held_by(v, &name)
-                        || vmi.spec.disks.iter().any(|d| d.name == v.name_any())
-                        || reported.iter().any(|d| d.name == v.name_any())
+                        || vmi.spec.disks.iter().any(|d| d.name == volume)
+                        || reported.iter().any(|d| d.name == volume)
                 })
             },
         )
@@ -101,17 +103,17 @@ fn held_by(volume: &Volume, vm: &str) -> bool {
         == Some(vm)
 }
 
-/// The volumes of `namespace` (any, when `None`) that `wanted` picks.
+/// The volumes of `namespace` (any, when `None`) that `wanted` picks. Asked on every VM and
+/// instance event, so the volumes are looked at in place, without copying the store or
+/// allocating per volume: that made bursts of creates quadratic.
 fn matching(
     store: &Store<Volume>,
     namespace: Option<String>,
     wanted: impl Fn(&Volume) -> bool,
 ) -> Vec<ObjectRef<Volume>> {
     store
-        .state()
+        .state_filter(|v| (namespace.is_none() || v.metadata.namespace == namespace) && wanted(v))
         .iter()
-        .filter(|v| namespace.is_none() || v.namespace() == namespace)
-        .filter(|v| wanted(v))
         .map(|v| ObjectRef::from_obj(v.as_ref()))
         .collect()
 }

@@ -326,14 +326,15 @@ fn unplaced<K>(store: &Store<VirtualMachine>) -> impl Fn(K) -> Vec<ObjectRef<Vir
     }
 }
 
+/// The VMs `refers` picks, looked at in place: asked on every event of the watched kinds, so
+/// copying the whole store each time made bursts of creates quadratic.
 fn referring(
     store: &Store<VirtualMachine>,
     refers: impl Fn(&VirtualMachine) -> bool,
 ) -> Vec<ObjectRef<VirtualMachine>> {
     store
-        .state()
+        .state_filter(refers)
         .iter()
-        .filter(|vm| refers(vm))
         .map(|vm| ObjectRef::from_obj(vm.as_ref()))
         .collect()
 }

@@ -32,15 +32,28 @@ use crate::{
 /// The serial the guest sees on its root disk (`/dev/disk/by-id/virtio-root`).
 const ROOT_SERIAL: &str = "root";
 
+/// What a VM's name is followed by in its root Volume's name.
+const ROOT_SUFFIX: &str = "-root";
+
 /// The name of `vm`'s root Volume.
 pub(crate) fn root_name(vm_name: &str) -> String {
-    format!("{vm_name}-root")
+    format!("{vm_name}{ROOT_SUFFIX}")
 }
 
-/// Whether the volume `name` of `namespace` is (or could become) one of `vm`'s disks.
+/// Whether `volume` is the root Volume of the VM named `vm_name`.
+pub(crate) fn is_root_of(volume: &str, vm_name: &str) -> bool {
+    volume.strip_suffix(ROOT_SUFFIX) == Some(vm_name)
+}
+
+/// Whether the volume `name` of `namespace` is (or could become) one of `vm`'s disks. Asked of
+/// every VM on every volume event, so it allocates nothing.
 pub(crate) fn uses(vm: &VirtualMachine, namespace: Option<String>, name: &str) -> bool {
-    vm.namespace() == namespace
-        && (name == root_name(&vm.name_any())
+    vm.metadata.namespace == namespace
+        && (vm
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| is_root_of(name, n))
             || vm.spec.data_volumes.iter().any(|v| v == name)
             || vm
                 .status
@@ -602,6 +615,20 @@ mod tests {
             },
             "s2 is not taken yet; the finished restore is not done again"
         );
+    }
+
+    #[test]
+    fn a_vm_uses_its_root_and_its_data_volumes_in_its_namespace() {
+        let mut vm = VirtualMachine::new("web", Default::default());
+        vm.metadata.namespace = Some("ns".into());
+        vm.spec.data_volumes = vec!["data".into()];
+        let ns = || Some("ns".to_string());
+        assert!(uses(&vm, ns(), "web-root"));
+        assert!(uses(&vm, ns(), "data"));
+        assert!(!uses(&vm, ns(), "web2-root"));
+        assert!(!uses(&vm, ns(), "other"));
+        assert!(!uses(&vm, Some("elsewhere".into()), "web-root"));
+        assert!(is_root_of(&root_name("web"), "web"));
     }
 
     #[test]
