@@ -268,8 +268,8 @@ async fn vm_phase(
         for (round, &n) in args.vms.iter().enumerate().filter(|(_, &n)| n > 0) {
             let r = rounds.run(round, n).await?;
             progress.note(format!(
-                "{n} VMs: all Running in {:.3} s (p99 {:.0} ms), all gone in {:.3} s",
-                r.create.wall_seconds, r.create.to_goal.p99_ms, r.delete.wall_seconds
+                "{n} VMs: all gone in {:.3} s",
+                r.delete.wall_seconds
             ));
             results.push(r);
         }

@@ -74,6 +74,11 @@ impl Rounds<'_> {
             let create = self
                 .converge(n, &names, &index, &mut seen, Goal::Running)
                 .await?;
+            // Said now, so the figure survives a delete phase that fails or times out.
+            self.progress.note(format!(
+                "{n} VMs: all Running in {:.3} s (p99 {:.0} ms)",
+                create.wall_seconds, create.to_goal.p99_ms
+            ));
             let delete = self
                 .converge(n, &names, &index, &mut seen, Goal::Gone)
                 .await?;
