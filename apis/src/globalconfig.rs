@@ -55,7 +55,7 @@ pub struct GlobalConfigSpec {
 }
 
 /// How many live migrations may run at once (KubeVirt's defaults: 5 per cluster, 2 outbound
-/// per node). Migrations beyond the limits wait in `Pending`.
+/// per node; migrations beyond the limits wait in `Pending`), and how long one may take.
 #[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationConfig {
@@ -67,6 +67,16 @@ pub struct MigrationConfig {
     #[serde(default = "outbound_per_host")]
     #[schemars(range(min = 1, max = 100))]
     pub parallel_outbound_migrations_per_host: i32,
+    /// Seconds a migration may take per GiB of guest memory (at least one GiB counted), from
+    /// the hand-over to the source host until the domain runs on the target; past that the
+    /// source host aborts the copy and the VM keeps running there (KubeVirt's
+    /// `completionTimeoutPerGiB`, default 150).
+    #[serde(
+        default = "completion_timeout_per_gib",
+        rename = "completionTimeoutPerGiB"
+    )]
+    #[schemars(range(min = 1, max = 86400))]
+    pub completion_timeout_per_gib: i32,
 }
 
 impl Default for MigrationConfig {
@@ -74,6 +84,7 @@ impl Default for MigrationConfig {
         Self {
             parallel_migrations_per_cluster: per_cluster(),
             parallel_outbound_migrations_per_host: outbound_per_host(),
+            completion_timeout_per_gib: completion_timeout_per_gib(),
         }
     }
 }
@@ -84,6 +95,10 @@ fn per_cluster() -> i32 {
 
 fn outbound_per_host() -> i32 {
     2
+}
+
+fn completion_timeout_per_gib() -> i32 {
+    150
 }
 
 /// High availability: restarting VMs of failed hosts elsewhere.

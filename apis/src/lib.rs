@@ -49,6 +49,7 @@ pub use l3network::{IpRange, L3Category, L3Network, L3NetworkSpec, L3NetworkStat
 pub use migration::{
     MigrationPhase, VirtualMachineMigration, VirtualMachineMigrationSpec,
     VirtualMachineMigrationStatus, VmiMigration, VmiMigrationPhase, VmiMigrationStatus,
+    VmiMigrationTarget,
 };
 pub use portforwarding::{
     ForwardedProtocol, PortForwarding, PortForwardingSpec, PortForwardingStatus,

@@ -100,6 +100,26 @@ pub struct VmiMigration {
     pub migration: String,
     /// The Host the domain moves to.
     pub target_host: String,
+    /// The target Host's `managementAddress`: where the source reaches its hypervisor and
+    /// sends the memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_address: Option<String>,
+    /// When the source host gives up: a move not finished by then (the target not ready, or
+    /// the copy still running) is aborted and the domain keeps running on the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+}
+
+/// The target side of a live migration, as the target host's agent reports it in the
+/// instance's status: it has built what the domain needs there (networks, security groups,
+/// access to the volumes), so the source may start the copy.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmiMigrationTarget {
+    /// The VirtualMachineMigration the target prepared for.
+    pub migration: String,
+    /// The Host that prepared.
+    pub host: String,
 }
 
 /// Where the source host's agent is with a live migration.

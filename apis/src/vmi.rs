@@ -27,7 +27,8 @@ use crate::{
     printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host"}"#,
     printcolumn = r#"{"name":"IP","type":"string","jsonPath":".spec.nics[0].ip"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    selectable = ".spec.host"
+    selectable = ".spec.host",
+    selectable = ".spec.migration.targetHost"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceSpec {
@@ -336,6 +337,10 @@ pub struct VirtualMachineInstanceStatus {
     /// The live migration of `spec.migration`, as the source host's agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<crate::VmiMigrationStatus>,
+    /// The target host's agent's side of `spec.migration`: set once that host is ready to
+    /// receive the domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_target: Option<crate::VmiMigrationTarget>,
     /// The Eips and PortForwardings of the NICs whose NAT the host has programmed (a simulated
     /// host, which has no network, reports them all); their controllers turn them Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

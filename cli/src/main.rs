@@ -1,10 +1,11 @@
-//! The `strata` binary. `strata up` runs the whole control plane in one process; `strata crdgen`
-//! regenerates `manifests/crds/` from the types in `apis/`.
+//! The `strata` binary. `strata up` runs the whole control plane in one process; `strata agent`
+//! runs one more host's agent against it; `strata crdgen` regenerates `manifests/crds/` from
+//! the types in `apis/`.
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use strata_cli::{bench, crdgen, up};
+use strata_cli::{agent, bench, controllers, crdgen, up};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,10 @@ enum LogFormat {
 enum Command {
     /// Run the API server, the controllers and simulated hosts in one process.
     Up(up::UpArgs),
+    /// Run one more host's node agent (libvirt) against a running control plane.
+    Agent(agent::AgentArgs),
+    /// Run the controllers alone against a running API server.
+    Controllers(controllers::ControllersArgs),
     /// Write the CustomResourceDefinitions of every Strata kind as YAML.
     Crdgen(crdgen::CrdgenArgs),
     /// Measure VM create/delete at scale, the API against raw etcd, list, watch and memory.
@@ -54,6 +59,8 @@ async fn main() -> std::process::ExitCode {
     );
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Controllers(args) => controllers::run(args).await,
         Command::Crdgen(args) => crdgen::run(&args),
         Command::Bench(args) => bench::run(args)
             .await

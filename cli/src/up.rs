@@ -32,9 +32,15 @@ pub struct UpArgs {
     #[arg(long)]
     pub host_name: Option<String>,
     /// This host's VXLAN tunnel endpoint with the libvirt driver: the local address VXLAN L2
-    /// networks send from. The default keeps VXLAN traffic on the loopback (a single host).
+    /// networks send from, and where other hosts reach this one (the Host's
+    /// `managementAddress`: VXLAN peers, live migrations). The default keeps VXLAN traffic on
+    /// the loopback (a single host).
     #[arg(long, default_value = "127.0.0.1")]
     pub vtep: std::net::Ipv4Addr,
+    /// Primary storage directory of the libvirt host (default: `<data-dir>/agent/storage`).
+    /// Live migration needs one every host mounts at the same path.
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
     /// Number of simulated hosts to run (named sim-host-1, sim-host-2, ...); 1 unless given.
     #[arg(long)]
     pub sim_hosts: Option<usize>,
@@ -94,7 +100,7 @@ fn strata_virt_answers() -> bool {
     strata_node_agent::libvirt_answers()
 }
 
-fn parse_seconds(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|e| format!("{s:?} is not whole seconds: {e}"))
@@ -119,8 +125,11 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
     let libvirt_host = (driver == DriverKind::Libvirt).then(|| LibvirtHost {
         name: args.host_name.clone().unwrap_or_else(machine_hostname),
         cluster: args.sim_cluster.clone(),
+        uri: None,
         state_dir: args.data_dir.join("agent"),
+        storage_dir: args.storage_dir.clone(),
         vtep: args.vtep,
+        host_netns: None,
     });
     let plane = start_with_libvirt(
         ControlPlaneOptions {
@@ -160,16 +169,64 @@ pub async fn run(args: UpArgs) -> Result<(), Error> {
     plane.stop().await
 }
 
-/// This machine as a real host of an in-process control plane (the libvirt driver).
+/// A real host on libvirt: this machine in `strata up`, or the host of `strata agent`.
 #[derive(Clone, Debug)]
 pub struct LibvirtHost {
     pub name: String,
     pub cluster: String,
+    /// The host's libvirtd, when not the system one (`qemu:///system`).
+    pub uri: Option<String>,
     /// The agent's records, console logs and primary storage; the network driver's dnsmasq
     /// files go to `network/` in it.
     pub state_dir: PathBuf,
-    /// This host's VXLAN tunnel endpoint.
+    /// Primary storage, when not `<state_dir>/storage`.
+    pub storage_dir: Option<PathBuf>,
+    /// This host's VXLAN tunnel endpoint, published as its management address.
     pub vtep: std::net::Ipv4Addr,
+    /// The network namespace playing the host's root namespace (bridges, taps, security
+    /// groups), when not this process's own: the one the host's libvirtd runs in.
+    pub host_netns: Option<String>,
+}
+
+impl LibvirtHost {
+    /// Connects to the host's libvirtd (starting the system one if needed) and opens its
+    /// storage.
+    pub async fn driver(&self) -> Result<LibvirtDriver, Error> {
+        let mut config = LibvirtConfig::new(self.name.clone(), self.state_dir.clone());
+        if let Some(uri) = &self.uri {
+            config.uri = uri.clone();
+        }
+        if let Some(dir) = &self.storage_dir {
+            config.storage_dir = dir.clone();
+        }
+        LibvirtDriver::new(config)
+            .await
+            .map_err(|e| Error::Agent(strata_node_agent::Error::Libvirt(e)))
+    }
+
+    /// The host's agent on `driver`, with its networking: bridges, L3 namespaces (scoped by
+    /// host name, so several hosts on one machine keep apart), DHCP and metadata for the
+    /// instances' NICs.
+    pub fn agent(&self, client: kube::Client, driver: LibvirtDriver, heartbeat: Duration) -> Agent {
+        let config = AgentConfig {
+            host_name: self.name.clone(),
+            cluster: self.cluster.clone(),
+            capacity: strata_node_agent::host_capacity(),
+            heartbeat_interval: heartbeat,
+            network: Some(Arc::new(HostNetwork::new(NetworkConfig {
+                driver: strata_network::DriverConfig {
+                    host_netns: self.host_netns.clone(),
+                    scope: self.name.clone(),
+                    state_dir: self.state_dir.join("network"),
+                },
+                vtep: Some(self.vtep),
+                vtep_peers: vec![],
+                vxlan_underlay: None,
+                metadata: true,
+            }))),
+        };
+        Agent::new(client, config, Arc::new(driver))
+    }
 }
 
 fn machine_hostname() -> String {
@@ -226,10 +283,7 @@ pub async fn start_with_libvirt(
     // Started (and libvirtd with it) before the API server, so a broken libvirt fails `up`.
     let libvirt = match libvirt {
         Some(host) => {
-            let config = LibvirtConfig::new(host.name.clone(), host.state_dir.clone());
-            let driver = LibvirtDriver::new(config)
-                .await
-                .map_err(|e| Error::Agent(strata_node_agent::Error::Libvirt(e)))?;
+            let driver = host.driver().await?;
             Some((host, driver))
         }
         None => None,
@@ -315,26 +369,8 @@ pub async fn start_with_libvirt(
     }
 
     if let Some((host, driver)) = libvirt {
-        let config = AgentConfig {
-            host_name: host.name.clone(),
-            cluster: host.cluster,
-            capacity: strata_node_agent::host_capacity(),
-            heartbeat_interval: opts.heartbeat,
-            // Bridges, L3 namespaces (scoped by host name, so several `strata up` on one
-            // machine keep apart), DHCP and metadata for the instances' NICs.
-            network: Some(Arc::new(HostNetwork::new(NetworkConfig {
-                driver: strata_network::DriverConfig {
-                    host_netns: None,
-                    scope: host.name.clone(),
-                    state_dir: host.state_dir.join("network"),
-                },
-                vtep: Some(host.vtep),
-                vtep_peers: vec![],
-                vxlan_underlay: None,
-                metadata: true,
-            }))),
-        };
-        let agent = Agent::new(client.clone(), config, Arc::new(driver))
+        let agent = host
+            .agent(client.clone(), driver, opts.heartbeat)
             .with_metrics(agent_metrics.clone());
         workers.spawn(async move {
             if let Err(err) = agent.run().await {
@@ -386,7 +422,7 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {

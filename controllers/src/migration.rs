@@ -319,7 +319,7 @@ async fn start(
     status.target_host = Some(target.clone());
     status.progress = Some(progress(0, "PreparingTarget", None));
     write(migration, ctx, status).await?;
-    hand_over(migration, ctx, &target).await?;
+    hand_over(migration, ctx, &target, &vmi).await?;
     Ok(Action::await_change())
 }
 
@@ -404,7 +404,7 @@ async fn follow(
         return fail(migration, migrations, "SourceHostDisconnected", why).await;
     }
     if !ours {
-        hand_over(migration, ctx, &target).await?;
+        hand_over(migration, ctx, &target, &vmi).await?;
     }
     let mut next = status.clone();
     next.progress = Some(match reported {
@@ -414,6 +414,7 @@ async fn follow(
             Some(format!("running on host {target}")),
         ),
         Some(m) => progress(m.percent, "CopyingMemory", None),
+        None if target_ready(&vmi, migration) => progress(0, "TargetReady", None),
         None => progress(0, "PreparingTarget", None),
     });
     if reported.is_some() && next.phase == MigrationPhase::Scheduled {
@@ -426,15 +427,24 @@ async fn follow(
     Ok(Action::requeue(FOLLOW_RETRY))
 }
 
-/// Asks the source's agent to move the domain (idempotent).
+/// Asks the source's agent to move the domain, with the target's address and the deadline
+/// the GlobalConfig gives a VM of its memory (idempotent).
 async fn hand_over(
     migration: &VirtualMachineMigration,
     ctx: &Context,
     target: &str,
+    vmi: &VirtualMachineInstance,
 ) -> Result<(), Error> {
+    let per_gib = ctx.inventory.global().migration.completion_timeout_per_gib;
+    let timeout = completion_timeout(per_gib, request(vmi).size.memory);
     let section = VmiMigration {
         migration: migration.name_any(),
         target_host: target.to_string(),
+        target_address: ctx
+            .hosts
+            .get(&ObjectRef::new(target))
+            .and_then(|h| h.spec.management_address.clone()),
+        deadline: Some(Time(Timestamp::now() + timeout)),
     };
     patch_instance(migration, ctx, json!({ "spec": { "migration": section } })).await
 }
@@ -616,6 +626,26 @@ fn request(vmi: &VirtualMachineInstance) -> Request {
     }
 }
 
+/// How long a VM with `memory` bytes may take to move: `per_gib` seconds per started GiB, at
+/// least one (KubeVirt counts the same way).
+fn completion_timeout(per_gib: i32, memory: u64) -> Duration {
+    let gib = memory.div_ceil(1 << 30).max(1);
+    Duration::from_secs(
+        u64::try_from(per_gib)
+            .unwrap_or(1)
+            .max(1)
+            .saturating_mul(gib),
+    )
+}
+
+/// Whether the target's agent has readied its host for this migration.
+fn target_ready(vmi: &VirtualMachineInstance, migration: &VirtualMachineMigration) -> bool {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.migration_target.as_ref())
+        .is_some_and(|t| t.migration == migration.name_any())
+}
+
 fn runs(vm: &VirtualMachine, vmi: &VirtualMachineInstance) -> bool {
     vm.status.as_ref().map(|s| s.phase) == Some(VmPhase::Running)
         && vmi.metadata.deletion_timestamp.is_none()
@@ -738,6 +768,7 @@ mod tests {
         vmi.spec.migration = section.map(|name| VmiMigration {
             migration: name.into(),
             target_host: "dst".into(),
+            ..VmiMigration::default()
         });
         vmi.status = Some(VirtualMachineInstanceStatus {
             phase: VmiPhase::Running,
@@ -783,6 +814,21 @@ mod tests {
         assert!(moving(&status(Some(VmiMigrationPhase::Running))));
         assert!(moving(&status(Some(VmiMigrationPhase::Completed))));
         assert!(!moving(&status(Some(VmiMigrationPhase::Failed))));
+    }
+
+    #[test]
+    fn the_timeout_grows_with_each_started_gib() {
+        assert_eq!(completion_timeout(150, 128 << 20), Duration::from_secs(150));
+        assert_eq!(completion_timeout(150, 1 << 30), Duration::from_secs(150));
+        assert_eq!(
+            completion_timeout(150, (4 << 30) + 1),
+            Duration::from_secs(750)
+        );
+        assert_eq!(
+            completion_timeout(0, 0),
+            Duration::from_secs(1),
+            "never zero"
+        );
     }
 
     #[test]

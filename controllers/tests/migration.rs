@@ -1,5 +1,6 @@
 //! Live migration and host maintenance on simulated hosts: 100 VMs moved under the concurrency
-//! limits, a failed move that leaves the VM on its source, and a Maintenance drain of 30 VMs.
+//! limits, a failed move and one past its timeout that leave the VM on its source, and a
+//! Maintenance drain of 30 VMs.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -228,6 +229,44 @@ async fn a_hundred_vms_move_under_the_limits_and_a_failure_stays_on_the_source()
         ready.message.contains("simulated failure"),
         "{}",
         ready.message
+    );
+    let vm = wait_phase(&client, "vm-000", VmPhase::Running).await;
+    assert_eq!(vm.status.and_then(|s| s.host), Some(host.clone()));
+    assert_eq!(
+        runners(&hosts, &plane.drivers, &format!("{NS}.vm-000")),
+        std::slice::from_ref(&host)
+    );
+
+    // A move slower than the GlobalConfig allows (1 s per GiB here) is aborted by the source:
+    // the VM keeps running there and the migration says why.
+    plane.drivers[source].fail_migrations(false);
+    plane.drivers[source].set_migration_time(Duration::from_secs(60));
+    Api::<GlobalConfig>::all(client.clone())
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "migration": { "completionTimeoutPerGiB": 1 } } })),
+        )
+        .await
+        .expect("config");
+    let asked = tokio::time::Instant::now();
+    create(&migrations, migration("mig-slow", "vm-000", None)).await;
+    let timed_out = wait_for(&client, "mig-slow to finish", || {
+        migration_phase(migrations.clone(), "mig-slow".into())
+    })
+    .await;
+    let status = timed_out.status.expect("status");
+    assert_eq!(status.phase, MigrationPhase::Failed);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .expect("Ready");
+    assert_eq!(ready.reason, "MigrationTimeout", "{}", ready.message);
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "aborted at its deadline, not after the copy: {:?}",
+        asked.elapsed()
     );
     let vm = wait_phase(&client, "vm-000", VmPhase::Running).await;
     assert_eq!(vm.status.and_then(|s| s.host), Some(host.clone()));

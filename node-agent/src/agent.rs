@@ -152,14 +152,33 @@ impl Agent {
         };
         self.ensure_system_namespace().await.map_err(failed)?;
         let hosts: Api<Host> = Api::all(self.client.clone());
-        if hosts.get_opt(host).await.map_err(failed)?.is_none() {
-            let spec = HostSpec {
-                cluster: self.config.cluster.clone(),
-                ..HostSpec::default()
-            };
-            create_if_absent(&hosts, &Host::new(host, spec))
-                .await
-                .map_err(failed)?;
+        // Other hosts reach this one at its VTEP (VXLAN peers, live migrations), unless the
+        // operator gave the Host another address.
+        let address = self
+            .config
+            .network
+            .as_ref()
+            .and_then(|n| n.vtep())
+            .map(|ip| ip.to_string());
+        match hosts.get_opt(host).await.map_err(failed)? {
+            None => {
+                let spec = HostSpec {
+                    cluster: self.config.cluster.clone(),
+                    management_address: address,
+                    ..HostSpec::default()
+                };
+                create_if_absent(&hosts, &Host::new(host, spec))
+                    .await
+                    .map_err(failed)?;
+            }
+            Some(existing) if existing.spec.management_address.is_none() && address.is_some() => {
+                let spec = json!({ "spec": { "managementAddress": address } });
+                hosts
+                    .patch(host, &PatchParams::default(), &Patch::Merge(spec))
+                    .await
+                    .map_err(failed)?;
+            }
+            Some(_) => {}
         }
         let status = json!({ "status": {
             "capacity": self.config.capacity,
@@ -300,15 +319,30 @@ impl Agent {
                     .map(|(ns, name)| ObjectRef::<VirtualMachineInstance>::new(name).within(ns)),
             )
         });
-        let controller = Controller::new(api, watcher::Config::default().fields(&selector))
+        let controller = Controller::new(api.clone(), watcher::Config::default().fields(&selector))
             .reconcile_on(changed);
+        // Instances moving here by live migration: readied before they arrive.
+        let incoming = Controller::new(
+            api,
+            watcher::Config::default().fields(&format!(
+                "spec.migration.targetHost={}",
+                self.config.host_name
+            )),
+        );
         self.metrics
             .watch_instances(&self.config.host_name, controller.store());
         if let Some(network) = &self.config.network {
             network.attach(controller.store());
+            network.attach_incoming(incoming.store());
             network.attach_l2_networks(crate::network::watch_l2_networks(&self.client));
             tokio::spawn(network.clone().run(NETWORK_RESYNC));
         }
+        let log = |result: Result<_, _>| async move {
+            match result {
+                Ok((instance, _)) => debug!(%instance, "reconciled"),
+                Err(error) => debug!(error = %error, "instance controller"),
+            }
+        };
         // The disks of deleted data volumes on this host's storage.
         let volumes = Arc::new(crate::volume::VolumeContext {
             client: self.client.clone(),
@@ -318,13 +352,11 @@ impl Agent {
         tokio::join!(
             crate::volume::run(&self.config.host_name, volumes),
             controller
-                .run(instance::reconcile, instance::error_policy, ctx)
-                .for_each(|result| async move {
-                    match result {
-                        Ok((instance, _)) => debug!(%instance, "reconciled"),
-                        Err(error) => debug!(error = %error, "instance controller"),
-                    }
-                }),
+                .run(instance::reconcile, instance::error_policy, ctx.clone())
+                .for_each(log),
+            incoming
+                .run(crate::migration::prepare, instance::error_policy, ctx)
+                .for_each(log),
         );
     }
 }

@@ -88,6 +88,17 @@ pub struct DomainNic {
     pub tap: Option<String>,
 }
 
+/// Where a live migration goes, as the migration controller resolved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationTarget {
+    /// The target Host.
+    pub host: String,
+    /// Its management address: where its hypervisor and the memory stream are reached.
+    pub address: Option<String>,
+    /// A copy not finished by then is aborted; the domain keeps running here.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
 /// What the hypervisor reports about a domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Observed {
@@ -120,6 +131,25 @@ pub enum DriverError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A live migration did not finish before its deadline and was aborted.
+    #[error(
+        "domain {domain} did not reach host {target} within {seconds} s: the migration was aborted"
+    )]
+    MigrationTimeout {
+        domain: String,
+        target: String,
+        seconds: u64,
+    },
+    /// A migration's target has no address to reach it at.
+    #[error("cannot migrate domain {domain}: host {target} has no management address")]
+    NoTargetAddress { domain: String, target: String },
+    /// A domain about to arrive by migration would not find its volumes on this host.
+    #[error("cannot receive domain {domain}: its volume {volume} is not on this host's storage ({path})")]
+    VolumeNotShared {
+        domain: String,
+        volume: String,
+        path: String,
+    },
     /// The driver cannot do this at all.
     #[error("cannot {operation} domain {domain}: the {driver} driver does not support it")]
     Unsupported {
@@ -151,6 +181,9 @@ impl DriverError {
             DriverError::DoesNotFit { .. } => "InsufficientResources",
             DriverError::Image { .. } => "ImageUnavailable",
             DriverError::Hypervisor { .. } => "HypervisorError",
+            DriverError::MigrationTimeout { .. } => "MigrationTimeout",
+            DriverError::NoTargetAddress { .. } => "TargetUnreachable",
+            DriverError::VolumeNotShared { .. } => "VolumesNotShared",
             DriverError::Unsupported { .. } => "Unsupported",
             DriverError::Storage { .. } => "StorageError",
             DriverError::Record { .. } => "LocalStateError",
@@ -181,15 +214,22 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// agent that lost its lease fences itself. Succeeds when the domain is not running.
     fn power_off<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
 
-    /// Moves the running domain live to the host `target`, publishing the share of memory
-    /// copied (0 to 100) on `progress`. On success the domain runs on the target and is gone
-    /// from this host; on failure it still runs here.
+    /// Moves the running domain live to `target`, publishing the share of memory copied
+    /// (0 to 100) on `progress`. On success the domain runs on the target and is gone from
+    /// this host (its volumes, now the target's, stay); on failure, or past the target's
+    /// deadline ([`DriverError::MigrationTimeout`]), it still runs here.
     fn migrate<'a>(
         &'a self,
         name: &'a str,
-        target: &'a str,
+        target: &'a MigrationTarget,
         progress: tokio::sync::watch::Sender<i32>,
     ) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Readies this host to receive `domain` by live migration, besides its network: checks
+    /// that its volumes are on this host's storage. Creates nothing: the domain that arrives
+    /// brings its definition, and the agent records it once the instance is handed over.
+    fn prepare_incoming<'a>(&'a self, domain: &'a Domain)
+        -> BoxFuture<'a, Result<(), DriverError>>;
 
     /// Every domain this agent created and has not destroyed, from its local record, so that
     /// after a restart it can remove those whose instance is gone.

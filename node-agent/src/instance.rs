@@ -436,7 +436,7 @@ pub(crate) fn status(
     status
 }
 
-fn domain(vmi: &VirtualMachineInstance) -> Result<Domain, String> {
+pub(crate) fn domain(vmi: &VirtualMachineInstance) -> Result<Domain, String> {
     let memory_bytes = quantity::parse_quantity(&vmi.spec.memory)
         .map_err(|e| format!("spec.memory {:?}: {e}", vmi.spec.memory.0))?;
     let disks = crate::volume::disks(vmi)?;

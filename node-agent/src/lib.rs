@@ -19,7 +19,9 @@ mod sim;
 mod volume;
 
 pub use agent::{Agent, AgentConfig, DEFAULT_HEARTBEAT_INTERVAL};
-pub use driver::{AttachedDisk, DataDisk, Domain, DomainNic, DriverError, Hypervisor, Observed};
+pub use driver::{
+    AttachedDisk, DataDisk, Domain, DomainNic, DriverError, Hypervisor, MigrationTarget, Observed,
+};
 pub use error::Error;
 pub use libvirt::{host_capacity, libvirt_answers, LibvirtConfig, LibvirtDriver};
 pub use metrics::Metrics;

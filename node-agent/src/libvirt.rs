@@ -10,8 +10,14 @@
 //! ```text
 //! <state>/domains/<name>.json   the record
 //! <state>/console/<name>.log    the serial console (ttyS0), appended across restarts
-//! <state>/storage/              local primary storage: image cache and volumes
+//! <state>/storage/              primary storage: image cache and volumes (or `storage_dir`)
 //! ```
+//!
+//! Live migration moves a running domain to another host's libvirtd (strata-virt's
+//! [`Libvirt::migrate`], peer to peer, to the target's management address). The volumes do not
+//! move: the storage directory must be one every host mounts at the same path. On success this
+//! host forgets the domain (record, console log, cached definition) but keeps its volumes; the
+//! target's agent records it when the instance is handed over.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,11 +29,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 use strata_apis::{HostCapacity, PowerState};
 use strata_virt::{
+    disk_snapshot,
     spec::{Boot, Disk, DiskFormat, Nic},
     DomainSpec, HostFeatures, Libvirt, Owner, Storage,
 };
 
-use crate::driver::{AttachedDisk, Domain, DriverError, Hypervisor, Observed};
+use crate::driver::{AttachedDisk, Domain, DriverError, Hypervisor, MigrationTarget, Observed};
 
 /// How long a guest gets to release a hot-unplugged disk.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +46,9 @@ pub struct LibvirtConfig {
     pub uri: String,
     /// The agent's state directory (records, console logs, primary storage).
     pub state_dir: PathBuf,
+    /// Primary storage: the image cache and the volumes. Live migration needs it on storage
+    /// every host mounts at this same path (a SharedMountPoint primary storage).
+    pub storage_dir: PathBuf,
     /// The Host this agent runs, written into each domain's metadata.
     pub host: String,
     /// How long a guest gets to power off after the ACPI button before it is destroyed.
@@ -47,9 +57,11 @@ pub struct LibvirtConfig {
 
 impl LibvirtConfig {
     pub fn new(host: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
         Self {
             uri: strata_virt::SYSTEM_URI.into(),
-            state_dir: state_dir.into(),
+            storage_dir: state_dir.join("storage"),
+            state_dir,
             host: host.into(),
             stop_timeout: Duration::from_secs(30),
         }
@@ -93,7 +105,8 @@ impl LibvirtDriver {
         }
         traversable(&config.state_dir)?;
         reachable_by_qemu(&config.state_dir)?;
-        let storage = Storage::open(config.state_dir.join("storage"))?;
+        let storage = Storage::open(&config.storage_dir)?;
+        reachable_by_qemu(&config.storage_dir)?;
         Ok(Self {
             lv,
             storage,
@@ -305,6 +318,7 @@ impl LibvirtDriver {
             }
         }
         self.sync_disks(domain, &spec).await?;
+        self.sync_snapshots(domain).await?;
         Ok(self.observe(name).await?.unwrap_or(Observed::Stopped))
     }
 
@@ -416,6 +430,79 @@ impl LibvirtDriver {
         Ok(())
     }
 
+    /// Takes the snapshots `domain` asks of each of its disks and deletes the others (internal
+    /// qcow2 snapshots, [`strata_virt::disk_snapshot`]): through QEMU while the domain runs,
+    /// with qemu-img while it is stopped.
+    async fn sync_snapshots(&self, domain: &Domain) -> Result<(), DriverError> {
+        let name = &domain.name;
+        let running = self
+            .lv
+            .state(name)
+            .await
+            .map_err(|e| self.failed(name, "query", e))?
+            .is_some_and(strata_virt::PowerState::is_active);
+        let live = running.then_some(name.as_str());
+        let uri = self.lv.uri();
+        let volumes = std::iter::once(Self::root_volume(name))
+            .chain(domain.data_disks.iter().map(|d| d.volume.clone()));
+        for volume in volumes {
+            let path = self
+                .storage
+                .volume_path(&volume)
+                .map_err(|e| self.failed(name, "find a disk of", e))?;
+            if !path.exists() {
+                continue;
+            }
+            let wanted = domain.snapshots.get(&volume).map_or(&[][..], Vec::as_slice);
+            let have = disk_snapshot::list(&path)
+                .await
+                .map_err(|e| self.failed(name, "list the snapshots of", e))?;
+            for snapshot in wanted.iter().filter(|s| !have.contains(s)) {
+                disk_snapshot::create(uri, live, &path, snapshot)
+                    .await
+                    .map_err(|e| self.failed(name, "snapshot a disk of", e))?;
+            }
+            for snapshot in have.iter().filter(|s| !wanted.contains(s)) {
+                disk_snapshot::delete(uri, live, &path, snapshot)
+                    .await
+                    .map_err(|e| self.failed(name, "delete a disk snapshot of", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reverts the disk `volume` of the domain to `snapshot`. QEMU cannot revert an image it
+    /// has open, so a running domain is shut down (the ACPI button, destroyed after the stop
+    /// timeout), reverted and started again.
+    async fn revert(&self, name: &str, volume: &str, snapshot: &str) -> Result<(), DriverError> {
+        let path = self
+            .storage
+            .volume_path(volume)
+            .map_err(|e| self.failed(name, "find a disk of", e))?;
+        let running = self
+            .lv
+            .state(name)
+            .await
+            .map_err(|e| self.failed(name, "query", e))?
+            .is_some_and(strata_virt::PowerState::is_active);
+        if running {
+            self.lv
+                .shutdown(name, self.config.stop_timeout)
+                .await
+                .map_err(|e| self.failed(name, "stop", e))?;
+        }
+        let reverted = disk_snapshot::revert(&path, snapshot)
+            .await
+            .map_err(|e| self.failed(name, "revert a disk of", e));
+        if running {
+            self.lv
+                .start(name)
+                .await
+                .map_err(|e| self.failed(name, "start", e))?;
+        }
+        reverted
+    }
+
     async fn attached(&self, name: &str) -> Result<Vec<AttachedDisk>, DriverError> {
         let devices = match self.lv.live_devices(name).await {
             Ok(devices) => devices,
@@ -429,16 +516,15 @@ impl LibvirtDriver {
             let Some(volume) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            let size = strata_virt::volume_info(&path)
+            let info = strata_virt::volume_info(&path)
                 .await
-                .map_err(|e| self.failed(name, "measure a disk of", e))?
-                .virtual_size;
+                .map_err(|e| self.failed(name, "measure a disk of", e))?;
             disks.push(AttachedDisk {
                 volume: volume.to_string(),
                 device: disk.target.dev,
-                size_bytes: size,
+                size_bytes: info.virtual_size,
                 path: Some(source.file),
-                snapshots: Vec::new(),
+                snapshots: info.snapshots.into_iter().map(|s| s.name).collect(),
             });
         }
         Ok(disks)
@@ -515,6 +601,78 @@ impl LibvirtDriver {
         Ok(names)
     }
 
+    async fn migrate_domain(
+        &self,
+        name: &str,
+        target: &MigrationTarget,
+        progress: tokio::sync::watch::Sender<i32>,
+    ) -> Result<(), DriverError> {
+        let address = target
+            .address
+            .as_deref()
+            .ok_or_else(|| DriverError::NoTargetAddress {
+                domain: name.to_string(),
+                target: target.host.clone(),
+            })?;
+        let to = strata_virt::MigrateTo::tcp(address);
+        let report = |copied: u8| {
+            progress.send_replace(i32::from(copied));
+        };
+        match self.lv.migrate(name, &to, target.deadline, report).await {
+            Ok(()) => {}
+            Err(strata_virt::Error::MigrationTimeout { seconds, .. }) => {
+                return Err(DriverError::MigrationTimeout {
+                    domain: name.to_string(),
+                    target: target.host.clone(),
+                    seconds,
+                })
+            }
+            Err(e) => return Err(self.failed(name, "migrate", e)),
+        }
+        progress.send_replace(100);
+        self.forget(name).await
+    }
+
+    /// After the domain left for another host: drops what this host kept of it except its
+    /// volumes, which the domain still uses there.
+    async fn forget(&self, name: &str) -> Result<(), DriverError> {
+        self.defined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+        let failed = |source| DriverError::Record {
+            domain: name.to_string(),
+            source,
+        };
+        remove_if_exists(&self.console_log(name))
+            .await
+            .map_err(failed)?;
+        remove_if_exists(&self.record_path(name))
+            .await
+            .map_err(failed)
+    }
+
+    /// The volumes of a domain about to arrive must already be on this host's storage: the
+    /// migration copies memory, not disks.
+    async fn check_volumes(&self, domain: &Domain) -> Result<(), DriverError> {
+        let volumes = std::iter::once(Self::root_volume(&domain.name))
+            .chain(domain.data_disks.iter().map(|d| d.volume.clone()));
+        for volume in volumes {
+            let path = self
+                .storage
+                .volume_path(&volume)
+                .map_err(|e| self.failed(&domain.name, "locate a volume of", e))?;
+            if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Err(DriverError::VolumeNotShared {
+                    domain: domain.name.clone(),
+                    volume,
+                    path: path.display().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn failed(&self, domain: &str, operation: &'static str, e: strata_virt::Error) -> DriverError {
         DriverError::Hypervisor {
             domain: domain.to_string(),
@@ -573,16 +731,17 @@ impl Hypervisor for LibvirtDriver {
     fn migrate<'a>(
         &'a self,
         name: &'a str,
-        _target: &'a str,
-        _progress: tokio::sync::watch::Sender<i32>,
+        target: &'a MigrationTarget,
+        progress: tokio::sync::watch::Sender<i32>,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        // Needs the target's libvirtd URI, its storage and network prepared first; see
-        // docs/architecture.md (live migration).
-        Box::pin(futures::future::ready(Err(DriverError::Unsupported {
-            domain: name.to_string(),
-            operation: "live-migrate",
-            driver: "libvirt",
-        })))
+        Box::pin(self.migrate_domain(name, target, progress))
+    }
+
+    fn prepare_incoming<'a>(
+        &'a self,
+        domain: &'a Domain,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.check_volumes(domain))
     }
 
     fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
@@ -606,20 +765,13 @@ impl Hypervisor for LibvirtDriver {
         })
     }
 
-    // strata-virt's snapshots are the whole domain's (every disk, and memory while it runs);
-    // a volume's own needs per-disk internal snapshots (QMP blockdev-snapshot-internal-sync),
-    // not built yet: the libvirt driver takes none and reports none.
     fn revert_disk<'a>(
         &'a self,
         name: &'a str,
-        _volume: &'a str,
-        _snapshot: &'a str,
+        volume: &'a str,
+        snapshot: &'a str,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(futures::future::ready(Err(DriverError::Unsupported {
-            domain: name.to_string(),
-            operation: "revert a volume of",
-            driver: "libvirt",
-        })))
+        Box::pin(self.revert(name, volume, snapshot))
     }
 
     fn events(&self) -> BoxStream<'static, String> {

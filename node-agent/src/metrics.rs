@@ -236,13 +236,24 @@ impl Hypervisor for TimedDriver {
     fn migrate<'a>(
         &'a self,
         name: &'a str,
-        target: &'a str,
+        target: &'a crate::driver::MigrationTarget,
         progress: tokio::sync::watch::Sender<i32>,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.metrics.time(
             &self.host,
             "migrate",
             self.inner.migrate(name, target, progress),
+        ))
+    }
+
+    fn prepare_incoming<'a>(
+        &'a self,
+        domain: &'a Domain,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.metrics.time(
+            &self.host,
+            "prepare_incoming",
+            self.inner.prepare_incoming(domain),
         ))
     }
 

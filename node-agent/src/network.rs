@@ -469,6 +469,9 @@ pub struct HostNetwork {
     /// The agent's instance store, once attached: the full view a sync needs (an L3's hosts
     /// file holds every lease on this host, not just the instance being reconciled).
     store: Mutex<Option<Store<VirtualMachineInstance>>>,
+    /// The instances moving here by live migration, once attached: their networks are built
+    /// before they arrive and kept until they are this host's.
+    incoming: Mutex<Option<Store<VirtualMachineInstance>>>,
     /// Every L2 network, for the VXLAN peers the control plane publishes.
     l2_networks: Mutex<Option<Store<L2Network>>>,
     /// One sync at a time: an orphan sweep must not race an ensure. Holds the NAT applied, by
@@ -501,6 +504,7 @@ impl HostNetwork {
             config,
             metadata: Mutex::default(),
             store: Mutex::default(),
+            incoming: Mutex::default(),
             l2_networks: Mutex::default(),
             syncing: tokio::sync::Mutex::default(),
         }
@@ -511,9 +515,19 @@ impl HostNetwork {
         &self.driver
     }
 
+    /// This host's VTEP address, if it has one.
+    pub fn vtep(&self) -> Option<Ipv4Addr> {
+        self.config.vtep
+    }
+
     /// Gives the network the agent's instance store (the instances assigned to this host).
     pub fn attach(&self, store: Store<VirtualMachineInstance>) {
         *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    }
+
+    /// Gives the network the store of the instances moving to this host by live migration.
+    pub fn attach_incoming(&self, store: Store<VirtualMachineInstance>) {
+        *self.incoming.lock().unwrap_or_else(|e| e.into_inner()) = Some(store);
     }
 
     /// Gives the network a store of every L2 network ([`watch_l2_networks`]), for the VXLAN
@@ -533,11 +547,32 @@ impl HostNetwork {
         self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Makes the host's networks match the instances and removes the rest. Errors are logged per
-    /// network so that one broken network does not hold back the others.
+    /// `vmis` and the instances moving here that are not among them.
+    fn with_incoming(
+        &self,
+        vmis: &[Arc<VirtualMachineInstance>],
+    ) -> Vec<Arc<VirtualMachineInstance>> {
+        let incoming = self
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut all = vmis.to_vec();
+        for vmi in incoming.map(|s| s.state()).unwrap_or_default() {
+            if !all.iter().any(|v| v.metadata.uid == vmi.metadata.uid) {
+                all.push(vmi);
+            }
+        }
+        all
+    }
+
+    /// Makes the host's networks match the instances (and those moving here) and removes the
+    /// rest. Errors are logged per network so that one broken network does not hold back the
+    /// others.
     pub async fn sync(&self, vmis: &[Arc<VirtualMachineInstance>]) -> Synced {
+        let vmis = self.with_incoming(vmis);
         let mut nat_applied = self.syncing.lock().await;
-        let want = desired(vmis, &self.config, &self.published_vteps());
+        let want = desired(&vmis, &self.config, &self.published_vteps());
         for p in &want.problems {
             warn!(problem = %p, "cannot plan a NIC's network");
         }

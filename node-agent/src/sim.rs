@@ -20,15 +20,15 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::{
-    driver::{AttachedDisk, Domain, DriverError, Hypervisor, Observed},
+    driver::{AttachedDisk, Domain, DriverError, Hypervisor, MigrationTarget, Observed},
     Error,
 };
 
 /// Runs domains in memory and puts them in the desired power state at once. A domain that
 /// would take the host past its memory is refused, as a real hypervisor would (stopped domains
 /// hold none); vCPUs are time-shared. A live migration takes [`SimDriver::migration_time`]
-/// (short in tests), reports its progress in ten steps, and fails half-way while
-/// [`SimDriver::fail_migrations`] is set.
+/// (short in tests), reports its progress in ten steps, fails half-way while
+/// [`SimDriver::fail_migrations`] is set, and stops at its deadline like a real copy.
 #[derive(Debug)]
 pub struct SimDriver {
     memory_bytes: u64,
@@ -97,6 +97,30 @@ impl SimDriver {
     }
 
     async fn migrate(
+        &self,
+        name: &str,
+        target: &MigrationTarget,
+        progress: tokio::sync::watch::Sender<i32>,
+    ) -> Result<(), DriverError> {
+        let started = tokio::time::Instant::now();
+        let copy = self.copy(name, &target.host, progress);
+        let Some(deadline) = target.deadline else {
+            return copy.await;
+        };
+        tokio::time::timeout_at(deadline, copy)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DriverError::MigrationTimeout {
+                    domain: name.to_string(),
+                    target: target.host.clone(),
+                    seconds: started.elapsed().as_secs(),
+                })
+            })
+    }
+
+    /// The copy of a migration: the domain leaves once every step is done, so one cut short
+    /// (a deadline) leaves it here.
+    async fn copy(
         &self,
         name: &str,
         target: &str,
@@ -314,10 +338,18 @@ impl Hypervisor for SimDriver {
     fn migrate<'a>(
         &'a self,
         name: &'a str,
-        target: &'a str,
+        target: &'a MigrationTarget,
         progress: tokio::sync::watch::Sender<i32>,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.migrate(name, target, progress))
+    }
+
+    // Simulated volumes are everywhere at once, as on shared storage.
+    fn prepare_incoming<'a>(
+        &'a self,
+        _domain: &'a Domain,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(future::ready(Ok(())))
     }
 
     fn owned_domains(&self) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
@@ -478,9 +510,14 @@ mod tests {
         Hypervisor::ensure(&d, &domain("ns.a", 1, 1))
             .await
             .expect("runs");
+        let to = MigrationTarget {
+            host: "host-b".into(),
+            address: None,
+            deadline: None,
+        };
         d.fail_migrations(true);
         let (progress, seen) = tokio::sync::watch::channel(0);
-        let err = Hypervisor::migrate(&d, "ns.a", "host-b", progress)
+        let err = Hypervisor::migrate(&d, "ns.a", &to, progress)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("migrate"), "{err}");
@@ -488,15 +525,25 @@ mod tests {
         assert_eq!(d.running(), ["ns.a"], "still runs on the source");
 
         d.fail_migrations(false);
+        let late = MigrationTarget {
+            deadline: Some(tokio::time::Instant::now() + Duration::from_millis(20)),
+            ..to.clone()
+        };
+        let (progress, _) = tokio::sync::watch::channel(0);
+        let err = Hypervisor::migrate(&d, "ns.a", &late, progress)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "MigrationTimeout", "{err}");
+        assert_eq!(d.running(), ["ns.a"], "a copy past its deadline stays");
         let (progress, seen) = tokio::sync::watch::channel(0);
-        Hypervisor::migrate(&d, "ns.a", "host-b", progress)
+        Hypervisor::migrate(&d, "ns.a", &to, progress)
             .await
             .expect("moves");
         assert_eq!(*seen.borrow(), 100);
         assert!(d.domains().is_empty(), "gone from the source");
         let (progress, _) = tokio::sync::watch::channel(0);
         assert!(
-            Hypervisor::migrate(&d, "ns.a", "host-b", progress)
+            Hypervisor::migrate(&d, "ns.a", &to, progress)
                 .await
                 .is_err(),
             "nothing left to move"

@@ -19,6 +19,21 @@ pub enum Error {
         #[source]
         source: virt::error::Error,
     },
+    #[error("failed to migrate domain {domain} to {target}")]
+    Migrate {
+        domain: String,
+        target: String,
+        #[source]
+        source: virt::error::Error,
+    },
+    #[error("domain {domain} did not finish migrating to {target} within {seconds} s: aborted")]
+    MigrationTimeout {
+        domain: String,
+        target: String,
+        seconds: u64,
+    },
+    #[error("the migration of domain {domain} to {target} ended with the domain still here")]
+    MigrationNotFinished { domain: String, target: String },
     #[error("domain {0} does not exist")]
     NoDomain(String),
     #[error("snapshot {snapshot} of domain {domain} does not exist")]
@@ -86,6 +101,8 @@ impl Error {
         match self {
             Error::Connect { .. } | Error::DaemonStart { .. } => "connect",
             Error::Libvirt { .. } | Error::Join(_) => "libvirt",
+            Error::Migrate { .. } | Error::MigrationNotFinished { .. } => "migration",
+            Error::MigrationTimeout { .. } => "timeout",
             Error::NoDomain(_) | Error::NoSnapshot { .. } | Error::NoDisk { .. } => "not-found",
             Error::Timeout { .. } => "timeout",
             Error::Invalid { .. } | Error::UnsupportedUrl(_) => "invalid",

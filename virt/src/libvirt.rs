@@ -506,7 +506,12 @@ impl Libvirt {
         }
     }
 
-    async fn with_domain<T, F>(&self, name: &str, action: &'static str, f: F) -> Result<T, Error>
+    pub(crate) async fn with_domain<T, F>(
+        &self,
+        name: &str,
+        action: &'static str,
+        f: F,
+    ) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Domain, &str) -> Result<T, Error> + Send + 'static,
