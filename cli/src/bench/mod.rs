@@ -10,7 +10,8 @@
 //!    puts ([`api`], [`etcd`]), watch fan-out ([`fanout`]), and filling the store with
 //!    `--store-hosts` and `--store-vms`, listing at each `--list-sizes` and reading its resident
 //!    memory ([`store`]).
-//! 3. Real VMs against raw virsh: skipped until the libvirt driver exists.
+//! 3. Real VMs against raw virsh (`--libvirt`, [`libvirt`]): a VM applied through the API on
+//!    this machine's libvirt host against `virsh define` + `virsh start` of its domain XML.
 //!
 //! A size of 0 skips its phase. Everything listens on 127.0.0.1 and lives in a temp dir.
 
@@ -19,6 +20,7 @@ mod child;
 mod etcd;
 mod fanout;
 mod fixture;
+mod libvirt;
 mod load;
 mod machine;
 mod progress;
@@ -38,7 +40,7 @@ use kube::{Api, Client};
 use crate::up::{self, ControlPlaneOptions};
 use fixture::Topology;
 use progress::Progress;
-use report::{Empty, Outcome, Results, VmPhase};
+use report::{Outcome, Results, VmPhase};
 
 /// Arguments of `strata bench`.
 #[derive(clap::Args, Clone, Debug)]
@@ -85,9 +87,17 @@ pub struct BenchArgs {
     /// Stored-VM counts at which a full list is timed.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     pub list_sizes: Vec<usize>,
-    /// Compare real VMs against raw `virsh define` + `virsh start` (needs the libvirt driver).
+    /// Compare real VMs on this machine's libvirtd against raw `virsh define` + `virsh start`
+    /// of the same domain (needs libvirt and QEMU installed, and the test guest).
     #[arg(long)]
     pub libvirt: bool,
+    /// Real VMs timed with `--libvirt`, after a warm-up VM.
+    #[arg(long, default_value_t = 5)]
+    pub libvirt_runs: usize,
+    /// The test guest `hack/build-test-image.sh` builds (disk.qcow2 and its .sha256, vmlinuz,
+    /// initrd.img).
+    #[arg(long, default_value_os_t = libvirt::default_image())]
+    pub libvirt_image: PathBuf,
     /// How long any one wait (all Running, all gone, all delivered) may take.
     #[arg(long, default_value_t = 1800)]
     pub timeout_seconds: u64,
@@ -149,6 +159,8 @@ pub enum Error {
     TempDir(#[source] std::io::Error),
     #[error("--store etcd needs etcd installed (Debian: apt-get install etcd-server)")]
     NoEtcd,
+    #[error("raw libvirt step failed: {what}: {why}")]
+    Raw { what: String, why: String },
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Error> {
@@ -189,6 +201,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     };
     let (create_path, watch_fanout, scale) = phases.run(&args, etcd.as_ref()).await?;
 
+    let libvirt = if !args.libvirt {
+        Outcome::skipped("not requested (--libvirt)")
+    } else if !args.libvirt_image.join("disk.qcow2").exists() {
+        Outcome::skipped(format!(
+            "no test guest in {} (hack/build-test-image.sh builds it)",
+            args.libvirt_image.display()
+        ))
+    } else {
+        let runs = args.libvirt_runs.max(1);
+        Outcome::Measured(
+            libvirt::run(work.path(), &args.libvirt_image, runs, timeout, &progress).await?,
+        )
+    };
+
     machine.load_average_end = machine::load_average();
     let results = Results {
         schema: "strata-bench/1",
@@ -199,11 +225,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         create_path,
         watch_fanout,
         scale,
-        libvirt: Outcome::<Empty>::skipped(if args.libvirt {
-            "no libvirt driver yet"
-        } else {
-            "not requested (--libvirt); no libvirt driver yet"
-        }),
+        libvirt,
     };
     if let Some(path) = &args.out {
         results.write_json(path)?;

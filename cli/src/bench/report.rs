@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::api::CreatePath;
 use super::fanout::Fanout;
 use super::fixture::Topology;
+use super::libvirt::Libvirt;
 use super::machine::{Machine, Memory};
 use super::store::Store;
 use super::vms::VmRound;
@@ -50,12 +51,8 @@ pub struct Results {
     pub create_path: Outcome<CreatePath>,
     pub watch_fanout: Outcome<Fanout>,
     pub scale: Outcome<Store>,
-    pub libvirt: Outcome<Empty>,
+    pub libvirt: Outcome<Libvirt>,
 }
-
-/// Nothing measured (the phase has no figures yet).
-#[derive(Clone, Debug, Serialize)]
-pub struct Empty {}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct VmPhase {
@@ -216,8 +213,24 @@ impl Results {
                 let _ = writeln!(out, "store scale: skipped: {reason}");
             }
         }
-        if let Outcome::Skipped { reason } = &self.libvirt {
-            let _ = writeln!(out, "real VMs vs virsh: skipped: {reason}");
+        match &self.libvirt {
+            Outcome::Measured(l) => {
+                let _ = writeln!(
+                    out,
+                    "real VMs ({} runs, domain type {}): create → Running p50 {} (max {}), raw virsh define+start p50 {} (max {}): {:.2}× (target ≤ 1.2×); warm-up {}",
+                    l.runs,
+                    l.domain_type,
+                    seconds(l.strata.p50_ms / 1000.0),
+                    seconds(l.strata.max_ms / 1000.0),
+                    seconds(l.raw_virsh.p50_ms / 1000.0),
+                    seconds(l.raw_virsh.max_ms / 1000.0),
+                    l.ratio_p50,
+                    seconds(l.warm_up_seconds)
+                );
+            }
+            Outcome::Skipped { reason } => {
+                let _ = writeln!(out, "real VMs vs virsh: skipped: {reason}");
+            }
         }
         out
     }
@@ -274,10 +287,10 @@ mod tests {
 
     #[test]
     fn skipped_phases_say_why_in_json() {
-        let o: Outcome<Empty> = Outcome::skipped("no libvirt driver yet");
+        let o: Outcome<Libvirt> = Outcome::skipped("not requested (--libvirt)");
         assert_eq!(
             serde_json::to_value(o).unwrap(),
-            serde_json::json!({ "status": "skipped", "reason": "no libvirt driver yet" })
+            serde_json::json!({ "status": "skipped", "reason": "not requested (--libvirt)" })
         );
     }
 }
