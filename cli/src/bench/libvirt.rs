@@ -146,12 +146,20 @@ async fn install(client: &Client, image: &Path) -> Result<(), Error> {
         ..Namespace::default()
     };
     create(&Api::all(client.clone()), namespace).await?;
-    create(&Api::all(client.clone()), Zone::new("zone-1", ZoneSpec::default())).await?;
+    create(
+        &Api::all(client.clone()),
+        Zone::new("zone-1", ZoneSpec::default()),
+    )
+    .await?;
     let cluster = ClusterSpec {
         zone: "zone-1".into(),
         ..ClusterSpec::default()
     };
-    create(&Api::all(client.clone()), Cluster::new("cluster-1", cluster)).await?;
+    create(
+        &Api::all(client.clone()),
+        Cluster::new("cluster-1", cluster),
+    )
+    .await?;
     let spec = ImageSpec {
         url: file("disk.qcow2"),
         format: ImageFormat::Qcow2,
@@ -169,7 +177,11 @@ async fn install(client: &Client, image: &Path) -> Result<(), Error> {
         memory: Quantity("128Mi".into()),
         ..InstanceOfferingSpec::default()
     };
-    create(&Api::all(client.clone()), InstanceOffering::new("tiny", offering)).await
+    create(
+        &Api::all(client.clone()),
+        InstanceOffering::new("tiny", offering),
+    )
+    .await
 }
 
 async fn create<K>(api: &Api<K>, object: K) -> Result<(), Error>
@@ -203,7 +215,8 @@ async fn strata_start(
     let started = Instant::now();
     create(vms, vm).await?;
     wait(vms, name, timeout, |vm| {
-        vm.and_then(|vm| vm.status).is_some_and(|s| s.phase == VmPhase::Running)
+        vm.and_then(|vm| vm.status)
+            .is_some_and(|s| s.phase == VmPhase::Running)
     })
     .await?;
     Ok(started.elapsed())
@@ -255,13 +268,24 @@ async fn raw_start(domain: &str, base: &Path) -> Result<(Duration, String), Erro
         .map(|n| format!("bench-{}", n.to_string_lossy()))
         .unwrap_or_default();
     let xml = virsh(&["dumpxml", domain]).await?;
-    let root = attribute_after(&xml, "<source file=", "-root").ok_or_else(|| raw_failed(domain, "no root disk in its XML"))?;
+    let root = attribute_after(&xml, "<source file=", "-root")
+        .ok_or_else(|| raw_failed(domain, "no root disk in its XML"))?;
     let backing = backing_file(&root).await?;
     let disk = base.with_extension("qcow2");
     let log = base.with_extension("log");
     command(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &backing, &path(&disk)],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &backing,
+            &path(&disk),
+        ],
     )
     .await?;
     let copy = rename(&xml, domain, &name)
@@ -289,7 +313,10 @@ async fn raw_start(domain: &str, base: &Path) -> Result<(Duration, String), Erro
 
 /// The domain XML with another name and no uuid (libvirt gives the copy one of its own).
 fn rename(xml: &str, from: &str, to: &str) -> String {
-    let mut out = xml.replace(&format!("<name>{from}</name>"), &format!("<name>{to}</name>"));
+    let mut out = xml.replace(
+        &format!("<name>{from}</name>"),
+        &format!("<name>{to}</name>"),
+    );
     if let (Some(start), Some(end)) = (out.find("<uuid>"), out.find("</uuid>")) {
         out.replace_range(start..end + "</uuid>".len(), "");
     }
