@@ -209,21 +209,11 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Replies of `ping -D`: (seconds since the epoch, icmp_seq) of each answered request.
-fn replies(log: &str) -> Vec<(f64, u32)> {
+/// When each reply of `ping -D` came, in seconds since the epoch.
+fn replies(log: &str) -> Vec<f64> {
     log.lines()
         .filter(|l| l.contains("bytes from"))
-        .filter_map(|l| {
-            let at = l.strip_prefix('[')?.split(']').next()?.parse().ok()?;
-            let seq = l
-                .split("icmp_seq=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((at, seq))
-        })
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
         .collect()
 }
 
@@ -493,11 +483,8 @@ spec:
         .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
         .expect("ping's summary");
     let share = answered.len() as f64 / f64::from(sent.max(1));
-    let gap = answered
-        .windows(2)
-        .map(|w| w[1].0 - w[0].0)
-        .fold(0.0, f64::max);
-    let after = answered.iter().filter(|(at, _)| *at > moved_at).count();
+    let gap = answered.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    let after = answered.iter().filter(|at| **at > moved_at).count();
     eprintln!(
         "ping: {} of {sent} answered ({:.1} %), longest gap {gap:.2} s, {after} after the move",
         answered.len(),
