@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod controllers;
 pub mod crdgen;
 pub mod kubeconfig;
 pub mod pki;
@@ -37,6 +38,8 @@ pub enum Error {
     Client(#[source] kube::Error),
     #[error("failed to set up a simulated host")]
     Agent(#[source] strata_node_agent::Error),
+    #[error("controllers stopped")]
+    Controllers(#[source] strata_controllers::Error),
     #[error("failed to issue the API server's certificate")]
     Pki(#[source] rcgen::Error),
     #[error("benchmark failed")]

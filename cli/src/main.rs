@@ -5,7 +5,7 @@
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use strata_cli::{agent, bench, crdgen, up};
+use strata_cli::{agent, bench, controllers, crdgen, up};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run one more host's node agent (libvirt) against a running control plane.
     Agent(agent::AgentArgs),
+    /// Run the controllers alone against a running API server.
+    Controllers(controllers::ControllersArgs),
     /// Write the CustomResourceDefinitions of every Strata kind as YAML.
     Crdgen(crdgen::CrdgenArgs),
     /// Measure VM create/delete at scale, the API against raw etcd, list, watch and memory.
@@ -58,6 +60,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::Controllers(args) => controllers::run(args).await,
         Command::Crdgen(args) => crdgen::run(&args),
         Command::Bench(args) => bench::run(args)
             .await
