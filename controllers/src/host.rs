@@ -55,11 +55,28 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
     let lease = ctx
         .leases
         .get(&ObjectRef::new(&name).within(SYSTEM_NAMESPACE));
-    let liveness = liveness(
+    let mut liveness = liveness(
         lease.as_ref().and_then(|l| l.spec.as_ref()),
         ctx.opts.host_lease_timeout,
         now,
     );
+    // A busy controller's lease cache can lag the agents' renewals by more than a lease (seen
+    // with 1,000 VMs starting at once): a host is declared dead only on a lease read fresh.
+    if !liveness.connected {
+        let fresh = Api::<Lease>::namespaced(ctx.client.clone(), SYSTEM_NAMESPACE)
+            .get_opt(&name)
+            .await
+            .map_err(|source| Error::Get {
+                kind: "Lease".into(),
+                name: format!("{SYSTEM_NAMESPACE}/{name}"),
+                source,
+            })?;
+        liveness = self::liveness(
+            fresh.as_ref().and_then(|l| l.spec.as_ref()),
+            ctx.opts.host_lease_timeout,
+            now,
+        );
+    }
     let placed: Vec<_> = ctx
         .vmis
         .state()

@@ -114,14 +114,17 @@ pub(crate) fn static_addresses(
         .collect()
 }
 
-/// The MAC of a NIC holding `ip` on L3 network `l3network`: locally administered, unicast,
-/// the address in its last four octets (as Docker does) and 14 bits of a hash of the network
-/// name in the first two. It is unique wherever the address is unique on its network, unless
-/// two networks with overlapping ranges share the same 14-bit hash; and it is the same on
-/// every retry, so no random state has to survive a crash.
-pub(crate) fn mac_for(l3network: &str, ip: Ipv4Addr) -> String {
+/// The MAC of a NIC holding `ip` on L2 network `l2network`: locally administered, unicast,
+/// the address in its last four octets (as Docker does) and 14 bits of a hash of the L2
+/// network's name in the first two. A MAC has to be unique within its broadcast domain, the
+/// L2 network, and there it is by construction: every L3 network on one L2 shares the same
+/// first two octets, and an address is held once (its IpAddress object) — two L3 networks
+/// of one L2 handing out the same address would already clash at the IP layer. It is the
+/// same on every retry, so no random state has to survive a crash. Across L2 networks a MAC
+/// repeats only for the same address under a 14-bit hash collision, where it does no harm.
+pub(crate) fn mac_for(l2network: &str, ip: Ipv4Addr) -> String {
     // FNV-1a: stable across releases and platforms, unlike std's hasher.
-    let fnv = l3network.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    let fnv = l2network.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
     // MurmurHash3's finaliser, so names differing in their last letter differ in the top bits.
@@ -196,7 +199,7 @@ pub(crate) async fn allocate(
         // A NIC keeps its MAC as long as it keeps its address.
         let mac = existing
             .filter(|(old, _)| *old == ip)
-            .map_or_else(|| mac_for(&network.name, ip), |(_, mac)| mac);
+            .map_or_else(|| mac_for(&network.l2.name, ip), |(_, mac)| mac);
         nics.push(VmNicStatus {
             l3_network: network.name.clone(),
             ip: ip.to_string(),
@@ -551,7 +554,7 @@ mod tests {
         assert_eq!(first & 0b01, 0, "unicast");
         assert_eq!(mac, mac_for("net-1", ip("10.0.3.250")), "stable");
         assert_ne!(mac, mac_for("net-1", ip("10.0.3.251")));
-        // The same address on two networks (overlapping private ranges) gets two MACs.
+        // The same address on two L2 networks (overlapping private ranges) gets two MACs.
         assert_ne!(mac, mac_for("net-2", ip("10.0.3.250")));
         // Pinned value: changing the hash would change every new NIC's MAC.
         assert_eq!(mac_for("a", ip("1.2.3.4")), "1a:80:01:02:03:04");
