@@ -2,14 +2,19 @@
 //! guest; adding a Volume to the VM's `spec.dataVolumes` hot-plugs it into the running domain
 //! (the guest reports the new disk), growing `spec.size` grows it live (the guest sees the new
 //! size), and removing it from the list unplugs it while the Volume stays, `Ready` on its host.
-//! Deleting the detached Volume deletes its disk from the host's primary storage.
+//! In between, a VolumeSnapshot of the attached disk is taken live (an internal qcow2 snapshot
+//! through QEMU) and a VolumeRestore brings its content back: the domain is shut down, the disk
+//! reverted and the guest boots again, printing the head of vdb. The content is written
+//! through QEMU's own block layer (HMP `qemu-io`, as a guest write would reach the image; the
+//! test guest has no shell to write with). Deleting the detached Volume deletes its disk from
+//! the host's primary storage.
 
 mod libvirt_support;
 mod support;
 
 use std::time::Duration;
 
-use libvirt_support::{data_dir, domain_exists, inventory, test_image, HostGuard};
+use libvirt_support::{data_dir, domain_exists, inventory, test_image, virsh, HostGuard};
 use support::Strata;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -103,6 +108,61 @@ spec:
     strata.eventually("the guest to see vdb grow to 32 MiB", STEP, || {
         log().contains("STRATA-DISK-RESIZED vdb sectors=65536")
     });
+
+    // Snapshot, overwrite, restore: the guest boots with the snapshot's content on vdb.
+    let write = |byte: &str| {
+        let io = format!(
+            r#"qemu-io -d /machine/peripheral/virtio-disk1/virtio-backend "write -P {byte} 0 512""#
+        );
+        let out = virsh(&["qemu-monitor-command", "--hmp", &domain, &io]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        // Silent on success (qemu-io prints to QEMU's own stdout); errors come back here.
+        assert!(
+            out.status.success() && !said.contains("Error"),
+            "qemu-io: {out:?}"
+        );
+    };
+    write("0x41");
+    let apply = |yaml: String| {
+        let file = dir.path().join("snapshot.yaml");
+        std::fs::write(&file, yaml).expect("writes the manifest");
+        strata.ok(&["apply", "-f", file.to_str().expect("utf-8")]);
+    };
+    apply(format!(
+        "apiVersion: strata.io/v1alpha1\nkind: VolumeSnapshot\nmetadata: {{name: as, namespace: {ns}}}\nspec: {{volume: data}}\n"
+    ));
+    strata.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=jsonpath={.status.phase}=Ready",
+        "vs/as",
+        "--timeout=60s",
+    ]);
+    write("0x42");
+    apply(format!(
+        "apiVersion: strata.io/v1alpha1\nkind: VolumeRestore\nmetadata: {{name: back, namespace: {ns}}}\nspec: {{volume: data, snapshot: as}}\n"
+    ));
+    strata.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=jsonpath={.status.phase}=Succeeded",
+        "vrs/back",
+        "--timeout=90s",
+    ]);
+    let reverted = "STRATA-DISK vdb sectors=65536 head=AAAAAAAAAAAAAAAAAA";
+    let waited = std::time::Instant::now();
+    while !log().contains(reverted) && waited.elapsed() < BOOT {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        log().contains(reverted),
+        "no {reverted:?} on the console:\n{}",
+        log()
+    );
+    assert!(!log().contains("head=BBBB"), "the overwrite is gone");
+    strata.ok(&["delete", "-n", &ns, "vs", "as", "--timeout=60s"]);
 
     patch("vm", "vm", r#"{"spec":{"dataVolumes":[]}}"#);
     strata.eventually("the guest to lose vdb", STEP, || {

@@ -29,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 use strata_apis::{HostCapacity, PowerState};
 use strata_virt::{
+    disk_snapshot,
     spec::{Boot, Disk, DiskFormat, Nic},
     DomainSpec, HostFeatures, Libvirt, Owner, Storage,
 };
@@ -317,6 +318,7 @@ impl LibvirtDriver {
             }
         }
         self.sync_disks(domain, &spec).await?;
+        self.sync_snapshots(domain).await?;
         Ok(self.observe(name).await?.unwrap_or(Observed::Stopped))
     }
 
@@ -428,6 +430,79 @@ impl LibvirtDriver {
         Ok(())
     }
 
+    /// Takes the snapshots `domain` asks of each of its disks and deletes the others (internal
+    /// qcow2 snapshots, [`strata_virt::disk_snapshot`]): through QEMU while the domain runs,
+    /// with qemu-img while it is stopped.
+    async fn sync_snapshots(&self, domain: &Domain) -> Result<(), DriverError> {
+        let name = &domain.name;
+        let running = self
+            .lv
+            .state(name)
+            .await
+            .map_err(|e| self.failed(name, "query", e))?
+            .is_some_and(strata_virt::PowerState::is_active);
+        let live = running.then_some(name.as_str());
+        let uri = self.lv.uri();
+        let volumes = std::iter::once(Self::root_volume(name))
+            .chain(domain.data_disks.iter().map(|d| d.volume.clone()));
+        for volume in volumes {
+            let path = self
+                .storage
+                .volume_path(&volume)
+                .map_err(|e| self.failed(name, "find a disk of", e))?;
+            if !path.exists() {
+                continue;
+            }
+            let wanted = domain.snapshots.get(&volume).map_or(&[][..], Vec::as_slice);
+            let have = disk_snapshot::list(&path)
+                .await
+                .map_err(|e| self.failed(name, "list the snapshots of", e))?;
+            for snapshot in wanted.iter().filter(|s| !have.contains(s)) {
+                disk_snapshot::create(uri, live, &path, snapshot)
+                    .await
+                    .map_err(|e| self.failed(name, "snapshot a disk of", e))?;
+            }
+            for snapshot in have.iter().filter(|s| !wanted.contains(s)) {
+                disk_snapshot::delete(uri, live, &path, snapshot)
+                    .await
+                    .map_err(|e| self.failed(name, "delete a disk snapshot of", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reverts the disk `volume` of the domain to `snapshot`. QEMU cannot revert an image it
+    /// has open, so a running domain is shut down (the ACPI button, destroyed after the stop
+    /// timeout), reverted and started again.
+    async fn revert(&self, name: &str, volume: &str, snapshot: &str) -> Result<(), DriverError> {
+        let path = self
+            .storage
+            .volume_path(volume)
+            .map_err(|e| self.failed(name, "find a disk of", e))?;
+        let running = self
+            .lv
+            .state(name)
+            .await
+            .map_err(|e| self.failed(name, "query", e))?
+            .is_some_and(strata_virt::PowerState::is_active);
+        if running {
+            self.lv
+                .shutdown(name, self.config.stop_timeout)
+                .await
+                .map_err(|e| self.failed(name, "stop", e))?;
+        }
+        let reverted = disk_snapshot::revert(&path, snapshot)
+            .await
+            .map_err(|e| self.failed(name, "revert a disk of", e));
+        if running {
+            self.lv
+                .start(name)
+                .await
+                .map_err(|e| self.failed(name, "start", e))?;
+        }
+        reverted
+    }
+
     async fn attached(&self, name: &str) -> Result<Vec<AttachedDisk>, DriverError> {
         let devices = match self.lv.live_devices(name).await {
             Ok(devices) => devices,
@@ -441,16 +516,15 @@ impl LibvirtDriver {
             let Some(volume) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            let size = strata_virt::volume_info(&path)
+            let info = strata_virt::volume_info(&path)
                 .await
-                .map_err(|e| self.failed(name, "measure a disk of", e))?
-                .virtual_size;
+                .map_err(|e| self.failed(name, "measure a disk of", e))?;
             disks.push(AttachedDisk {
                 volume: volume.to_string(),
                 device: disk.target.dev,
-                size_bytes: size,
+                size_bytes: info.virtual_size,
                 path: Some(source.file),
-                snapshots: Vec::new(),
+                snapshots: info.snapshots.into_iter().map(|s| s.name).collect(),
             });
         }
         Ok(disks)
@@ -691,20 +765,13 @@ impl Hypervisor for LibvirtDriver {
         })
     }
 
-    // strata-virt's snapshots are the whole domain's (every disk, and memory while it runs);
-    // a volume's own needs per-disk internal snapshots (QMP blockdev-snapshot-internal-sync),
-    // not built yet: the libvirt driver takes none and reports none.
     fn revert_disk<'a>(
         &'a self,
         name: &'a str,
-        _volume: &'a str,
-        _snapshot: &'a str,
+        volume: &'a str,
+        snapshot: &'a str,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(futures::future::ready(Err(DriverError::Unsupported {
-            domain: name.to_string(),
-            operation: "revert a volume of",
-            driver: "libvirt",
-        })))
+        Box::pin(self.revert(name, volume, snapshot))
     }
 
     fn events(&self) -> BoxStream<'static, String> {

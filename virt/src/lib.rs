@@ -13,6 +13,7 @@
 //! - [`daemon`]: starts virtlogd and libvirtd on hosts without systemd.
 
 pub mod daemon;
+pub mod disk_snapshot;
 mod error;
 pub mod events;
 mod libvirt;
@@ -28,7 +29,7 @@ pub use events::{DomainEvent, EventKind};
 pub use libvirt::{DomainInfo, Libvirt, PowerState, SnapshotInfo};
 pub use migration::MigrateTo;
 pub use spec::{disk_target, Accel, Boot, Disk, DiskFormat, DomainSpec, HostFeatures, Nic, Owner};
-pub use storage::{info as volume_info, CachedImage, Storage, VolumeInfo};
+pub use storage::{info as volume_info, CachedImage, ImageSnapshot, Storage, VolumeInfo};
 
 /// The URI of the host's system libvirtd.
 pub const SYSTEM_URI: &str = "qemu:///system";

@@ -44,6 +44,15 @@ pub struct VolumeInfo {
     pub format: String,
     #[serde(rename = "backing-filename", default)]
     pub backing_file: Option<String>,
+    /// The image's internal snapshots (see [`crate::disk_snapshot`]).
+    #[serde(default)]
+    pub snapshots: Vec<ImageSnapshot>,
+}
+
+/// An internal snapshot of a qcow2 image.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ImageSnapshot {
+    pub name: String,
 }
 
 impl Storage {
@@ -309,17 +318,22 @@ async fn qemu_img(args: &[&str]) -> Result<(), Error> {
 }
 
 async fn qemu_img_output(args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("qemu-img")
+    output("qemu-img", args).await
+}
+
+/// Runs `program` and returns its standard output; a failure carries its standard error.
+pub(crate) async fn output(program: &str, args: &[&str]) -> Result<String, Error> {
+    let out = Command::new(program)
         .args(args)
         .output()
         .await
         .map_err(|source| Error::Spawn {
-            program: "qemu-img".into(),
+            program: program.into(),
             source,
         })?;
     if !out.status.success() {
         return Err(Error::Command {
-            program: format!("qemu-img {}", args.first().unwrap_or(&"")),
+            program: format!("{program} {}", args.first().unwrap_or(&"")),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
