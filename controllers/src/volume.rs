@@ -59,9 +59,12 @@ pub(crate) fn controller(client: &Client) -> Controller<Volume> {
                 let name = vm.name_any();
                 matching(&by_vm, vm.namespace(), |v| {
                     let volume = v.metadata.name.as_deref().unwrap_or_default();
-                    is_root_of(volume, &name)
-                        || vm.spec.data_volumes.iter().any(|d| d == volume)
-                        || held_by(v, &name)
+                    match v.spec.volume_type {
+                        VolumeType::Root => is_root_of(volume, &name),
+                        VolumeType::Data => {
+                            vm.spec.data_volumes.iter().any(|d| d == volume) || held_by(v, &name)
+                        }
+                    }
                 })
             },
         )

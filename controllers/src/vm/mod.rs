@@ -221,8 +221,14 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
         Api::<strata_apis::Volume>::all(client.clone()),
         watcher::Config::default(),
         move |v| {
+            // A root volume is its own VM's disk only (another VM listing it is refused
+            // whatever happens to it): no need to look at every VM.
+            if let Some(owner) = volumes::root_owner(&v) {
+                return vec![owner];
+            }
+            let (namespace, name) = (v.namespace(), v.name_any());
             referring(&volume_users, |vm| {
-                volumes::uses(vm, v.namespace(), &v.name_any())
+                volumes::uses(vm, namespace.as_deref(), &name)
             })
         },
     )
@@ -231,8 +237,9 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
         Api::<strata_apis::VolumeSnapshot>::all(client.clone()),
         watcher::Config::default(),
         move |s| {
+            let namespace = s.namespace();
             referring(&snapshot_users, |vm| {
-                volumes::uses(vm, s.namespace(), &s.spec.volume)
+                volumes::uses(vm, namespace.as_deref(), &s.spec.volume)
             })
         },
     )
@@ -240,8 +247,9 @@ pub(crate) fn controller(client: &Client) -> Controller<VirtualMachine> {
         Api::<strata_apis::VolumeRestore>::all(client.clone()),
         watcher::Config::default(),
         move |r| {
+            let namespace = r.namespace();
             referring(&restore_users, |vm| {
-                volumes::uses(vm, r.namespace(), &r.spec.volume)
+                volumes::uses(vm, namespace.as_deref(), &r.spec.volume)
             })
         },
     )

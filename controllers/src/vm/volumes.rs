@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
     api::{ListParams, ObjectMeta, PostParams},
+    runtime::reflector::ObjectRef,
     Api, Resource, ResourceExt,
 };
 use serde_json::json;
@@ -45,10 +46,19 @@ pub(crate) fn is_root_of(volume: &str, vm_name: &str) -> bool {
     volume.strip_suffix(ROOT_SUFFIX) == Some(vm_name)
 }
 
+/// The VM `volume` is the root Volume of, if it is one.
+pub(crate) fn root_owner(volume: &Volume) -> Option<ObjectRef<VirtualMachine>> {
+    if volume.spec.volume_type != VolumeType::Root {
+        return None;
+    }
+    let vm = volume.metadata.name.as_deref()?.strip_suffix(ROOT_SUFFIX)?;
+    Some(ObjectRef::new(vm).within(volume.metadata.namespace.as_deref()?))
+}
+
 /// Whether the volume `name` of `namespace` is (or could become) one of `vm`'s disks. Asked of
 /// every VM on every volume event, so it allocates nothing.
-pub(crate) fn uses(vm: &VirtualMachine, namespace: Option<String>, name: &str) -> bool {
-    vm.metadata.namespace == namespace
+pub(crate) fn uses(vm: &VirtualMachine, namespace: Option<&str>, name: &str) -> bool {
+    vm.metadata.namespace.as_deref() == namespace
         && (vm
             .metadata
             .name
@@ -622,13 +632,24 @@ mod tests {
         let mut vm = VirtualMachine::new("web", Default::default());
         vm.metadata.namespace = Some("ns".into());
         vm.spec.data_volumes = vec!["data".into()];
-        let ns = || Some("ns".to_string());
-        assert!(uses(&vm, ns(), "web-root"));
-        assert!(uses(&vm, ns(), "data"));
-        assert!(!uses(&vm, ns(), "web2-root"));
-        assert!(!uses(&vm, ns(), "other"));
-        assert!(!uses(&vm, Some("elsewhere".into()), "web-root"));
+        let ns = Some("ns");
+        assert!(uses(&vm, ns, "web-root"));
+        assert!(uses(&vm, ns, "data"));
+        assert!(!uses(&vm, ns, "web2-root"));
+        assert!(!uses(&vm, ns, "other"));
+        assert!(!uses(&vm, Some("elsewhere"), "web-root"));
         assert!(is_root_of(&root_name("web"), "web"));
+        let mut root = Volume::new(
+            "web-root",
+            VolumeSpec {
+                volume_type: VolumeType::Root,
+                ..VolumeSpec::default()
+            },
+        );
+        root.metadata.namespace = Some("ns".into());
+        assert_eq!(root_owner(&root), Some(ObjectRef::new("web").within("ns")));
+        root.spec.volume_type = VolumeType::Data;
+        assert_eq!(root_owner(&root), None, "a data volume may be any VM's");
     }
 
     #[test]
