@@ -22,6 +22,8 @@ pub const PAUSED: &str = "Paused";
 pub const VM_FINALIZER: &str = "strata.io/vm-cleanup";
 /// Finalizer the node agent holds until the hypervisor has destroyed the instance.
 pub const VMI_FINALIZER: &str = "strata.io/host-agent";
+/// Finalizer the agent of a data Volume's host holds until it deleted the disk.
+pub const HOST_DISK_FINALIZER: &str = "strata.io/host-disk";
 
 /// Label on IpAddress objects naming the L3 network they belong to.
 pub const LABEL_L3_NETWORK: &str = "strata.io/l3-network";

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::api::resource::Quantity, jiff::Timestamp};
 use kube::{
-    api::{DeleteParams, ListParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{
         controller::Action,
         finalizer::{finalizer, Event},
@@ -31,14 +31,17 @@ use kube::{
 };
 use serde_json::Value;
 use strata_apis::{
-    condition::READY, quantity, volume::VOLUME_FINALIZER, DiskOffering, Progress, VirtualMachine,
-    VirtualMachineInstance, VmiDiskStatus, Volume, VolumePhase, VolumeStatus, VolumeType,
+    condition::{HOST_DISK_FINALIZER, READY},
+    quantity,
+    volume::VOLUME_FINALIZER,
+    DiskOffering, Progress, VirtualMachine, VirtualMachineInstance, VmiDiskStatus, Volume,
+    VolumePhase, VolumeStatus, VolumeType,
 };
 
 use crate::{
     conditions::{self, Desired},
     events::{self, Transition},
-    vm::{recycle, volumes::is_root_of},
+    vm::{ha, recycle, volumes::is_root_of},
     Context, Error,
 };
 
@@ -561,10 +564,61 @@ async fn cleanup(api: &Api<Volume>, volume: &Volume, ctx: &Context) -> Result<Ac
             until: "its VM's host to detach the disk",
         });
     }
+    release_dead_host(ctx, api, volume).await?;
     if recycle::recycled_from(volume).is_some() {
         recycle::expunge(ctx, volume).await?;
     }
     Ok(Action::await_change())
+}
+
+/// The disk finalizer of a host gone for good (see `ha::host_gone`) is released here, so the
+/// Volume does not wait forever for an agent that will not come back.
+async fn release_dead_host(ctx: &Context, api: &Api<Volume>, volume: &Volume) -> Result<(), Error> {
+    let finalizers = volume.finalizers();
+    let Some(index) = finalizers.iter().position(|f| f == HOST_DISK_FINALIZER) else {
+        return Ok(());
+    };
+    let Some(host) = volume.status.as_ref().and_then(|s| s.host.clone()) else {
+        return Ok(());
+    };
+    let why = match ha::host_gone(ctx, &host) {
+        ha::HostGone::No => return Ok(()),
+        ha::HostGone::Later(_) => {
+            return Err(Error::Waiting {
+                what: format!("Volume {}", key(volume)),
+                until: "its dead host's timeout to release the disk",
+            })
+        }
+        ha::HostGone::Yes(why) => why,
+    };
+    // `test` first: the list may have changed since this copy was read.
+    let at = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        { "op": "test", "path": at, "value": HOST_DISK_FINALIZER },
+        { "op": "remove", "path": at },
+    ]))
+    .expect("a JSON patch of two well-formed operations");
+    api.patch(
+        &volume.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(|source| Error::Write {
+        kind: "Volume",
+        name: key(volume),
+        source,
+    })?;
+    events::publish(
+        &ctx.recorder,
+        volume,
+        vec![Transition::warning(
+            "HostGone",
+            format!("{why}: released the disk without its agent; its file stays on that host"),
+        )],
+    )
+    .await;
+    Ok(())
 }
 
 /// Writes `status` if it changed, and the Events of its transitions.

@@ -11,8 +11,8 @@ use kube::{
 };
 use serde_json::json;
 use strata_apis::{
-    condition::{READY, VOLUMES_READY},
-    DiskOffering, DiskOfferingSpec, RestorePhase, RunStrategy, SnapshotPhase, VirtualMachine,
+    condition::{HOST_DISK_FINALIZER, READY, VOLUMES_READY},
+    DiskOffering, DiskOfferingSpec, Host, RestorePhase, RunStrategy, SnapshotPhase, VirtualMachine,
     VirtualMachineInstance, VirtualMachineSpec, VmNic, VmPhase, Volume, VolumePhase, VolumeRestore,
     VolumeRestoreSpec, VolumeSnapshot, VolumeSnapshotSpec, VolumeSpec, VolumeStatus, VolumeType,
 };
@@ -419,4 +419,59 @@ async fn a_snapshot_is_taken_reverted_to_and_deleted_by_the_volumes_host() {
         .find(|d| d.volume == "it.data-s")
         .expect("still attached");
     assert!(data_disk.snapshots.is_empty(), "{:?}", data_disk.snapshots);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_of_a_host_gone_for_good_is_not_stuck_in_deletion() {
+    let plane = start(&["host-a"], Duration::from_secs(1)).await;
+    let client = plane.client.clone();
+    inventory(&client).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), NS);
+    let volumes: Api<Volume> = Api::namespaced(client.clone(), NS);
+    let data = VolumeSpec {
+        volume_type: VolumeType::Data,
+        size: Some(Quantity("1Gi".into())),
+        ..VolumeSpec::default()
+    };
+    create(&volumes, Volume::new("data-1", data)).await;
+    create(&vms, vm("vm-a")).await;
+    wait_phase(&client, "vm-a", VmPhase::Running).await;
+    set_data_volumes(&client, "vm-a", &["data-1"]).await;
+    wait_volume(&client, "data-1", "attached", |s| {
+        s.phase == Some(VolumePhase::Attached)
+    })
+    .await;
+    set_data_volumes(&client, "vm-a", &[]).await;
+    wait_volume(&client, "data-1", "detached", |s| {
+        s.phase == Some(VolumePhase::Ready)
+    })
+    .await;
+    let held = volumes.get("data-1").await.expect("volume");
+    assert!(
+        held.finalizers().iter().any(|f| f == HOST_DISK_FINALIZER),
+        "the host's agent holds the disk: {:?}",
+        held.finalizers()
+    );
+
+    // The host is gone for good: its agent stops and its Host is deleted.
+    for task in &plane.tasks[2..] {
+        task.abort();
+    }
+    Api::<Host>::all(client.clone())
+        .delete("host-a", &DeleteParams::default())
+        .await
+        .expect("delete the host");
+    volumes
+        .delete("data-1", &DeleteParams::default())
+        .await
+        .expect("delete the volume");
+    wait_for(&client, "data-1 to be gone", || async {
+        volumes
+            .get_opt("data-1")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }

@@ -2,7 +2,9 @@
 //! its libvirtd (QEMU, TCG here), the test guest from `hack/build-test-image.sh` boots from its
 //! kernel with a root overlay on the cached image, and its serial console shows the boot
 //! marker. A `virsh destroy` behind Strata's back reaches the instance's status within 2 s;
-//! deleting the VM removes the domain, its volume, console log and the agent's record.
+//! pause/resume, a reboot request, and a stop and start by run strategy go through to the
+//! domain and the guest; deleting the VM removes the domain, its volume, console log and the
+//! agent's record.
 //! (Networking comes from the network driver; this VM has no NIC.)
 
 mod libvirt_support;
@@ -153,6 +155,77 @@ spec:
         "running again {:?} after virsh destroy",
         destroyed.elapsed()
     );
+
+    // Pause, resume, reboot, stop and start through the API, each seen by libvirt and the guest.
+    let patch = |spec: &str| {
+        strata.ok(&[
+            "patch",
+            "-n",
+            &ns,
+            "vm",
+            "tiny-vm",
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{spec}}}"#),
+        ]);
+    };
+    let wait_phase = |phase: &str| {
+        strata.ok(&[
+            "wait",
+            "-n",
+            &ns,
+            &format!("--for=jsonpath={{.status.phase}}={phase}"),
+            "vm/tiny-vm",
+            "--timeout=120s",
+        ]);
+    };
+    let state = || {
+        String::from_utf8_lossy(&virsh(&["domstate", &domain]).stdout)
+            .trim()
+            .to_string()
+    };
+    let boots = || {
+        std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .matches("STRATA-BOOT-MARKER")
+            .count()
+    };
+    patch(r#"{"paused":true}"#);
+    wait_phase("Paused");
+    assert_eq!(state(), "paused");
+    patch(r#"{"paused":false}"#);
+    wait_phase("Running");
+    assert_eq!(state(), "running");
+
+    let before = boots();
+    patch(r#"{"rebootRequest":"e2e-1"}"#);
+    strata.eventually("the host to record the reboot", BOOT, || {
+        vmi_field("{.status.rebootRequest}") == "e2e-1"
+    });
+    strata.eventually("the guest to boot again", BOOT, || boots() > before);
+    assert_eq!(state(), "running");
+
+    let stopped_uid = vmi_field("{.metadata.uid}");
+    patch(r#"{"runStrategy":"Halted"}"#);
+    wait_phase("Stopped");
+    strata.eventually("the domain to stop", BOOT, || state() != "running");
+    patch(r#"{"runStrategy":"Always"}"#);
+    wait_phase("Running");
+    strata.eventually("a new instance to boot", BOOT, || {
+        let now = strata.kubectl(&[
+            "get",
+            "vmi",
+            "-n",
+            &ns,
+            "tiny-vm",
+            "-o",
+            "jsonpath={.metadata.uid} {.status.consoleTail}",
+        ]);
+        let now = String::from_utf8_lossy(&now.stdout).into_owned();
+        !now.starts_with(&stopped_uid) && now.contains("STRATA-READY")
+    });
+    assert_eq!(state(), "running");
 
     strata.ok(&["delete", "-n", &ns, "vm", "tiny-vm", "--timeout=120s"]);
     strata.eventually("the instance to be gone", BOOT, || {

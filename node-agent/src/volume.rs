@@ -147,7 +147,8 @@ pub(crate) async fn report(
 
 /// Held by the agent of a data volume's host (`status.host`) until it deleted the volume's disk
 /// from its storage, so deleting a Volume frees its space. Root disks go with their domain.
-pub const DISK_FINALIZER: &str = "strata.io/host-disk";
+/// If the host is gone for good, the Volume controller releases it instead.
+pub const DISK_FINALIZER: &str = strata_apis::condition::HOST_DISK_FINALIZER;
 /// How soon a deleted volume whose disk is still attached here looks again.
 const IN_USE_RETRY: Duration = Duration::from_secs(2);
 

@@ -101,43 +101,42 @@ fn decide(host: String, since: Timestamp, after: i32, shared: bool, now: Timesta
     ))
 }
 
-/// What deleting a VM placed on `host` may do about its instance, whose finalizer that host's
-/// agent holds until the domain is destroyed.
+/// Whether a host's agent can still be waited for, by objects being deleted that it holds a
+/// finalizer on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Abandon {
-    /// Wait for the agent: the host is up, or the instance is not its.
-    Wait,
+pub(crate) enum HostGone {
+    /// Wait for the agent: the host is up.
+    No,
     /// The host is down; ask again after this long.
     Later(Duration),
-    /// The finalizer was released: the host has been gone past the HA delay.
-    Released,
+    /// Gone past the HA delay, for this reason: release what its agent holds.
+    Yes(String),
 }
 
-/// A VM being deleted is never stuck on a dead host: once `host` has been Disconnected (or
-/// deleted) for `ha.restartAfterSeconds`, the instance's finalizer is released here, with an
-/// Event, on the same grounds as an HA restart (the agent fenced itself when its lease ran out,
-/// and on return destroys what is no longer placed on it).
-pub(crate) async fn abandon(
-    ctx: &Context,
-    vm: &VirtualMachine,
-    host: &str,
-) -> Result<Abandon, Error> {
-    let why = match ctx.hosts.get(&ObjectRef::new(host)) {
-        None => format!("host {host} no longer exists"),
-        Some(found) => {
-            let Some(since) = disconnected_since(&found) else {
-                return Ok(Abandon::Wait);
-            };
-            let after = ctx.inventory.global().ha.restart_after_seconds;
-            match decide(host.to_string(), since, after, true, Timestamp::now()) {
-                Verdict::Later(wait) => return Ok(Abandon::Later(wait)),
-                Verdict::None => return Ok(Abandon::Wait),
-                Verdict::Restart(_) => {
-                    format!("host {host} has been Disconnected since {since} (over {after}s)")
-                }
-            }
-        }
+/// Nothing being deleted waits forever on a dead host: once `host` has been Disconnected (or
+/// deleted) for `ha.restartAfterSeconds`, what its agent holds is released, on the same
+/// grounds as an HA restart (the agent fenced itself when its lease ran out, and on return
+/// destroys what is no longer placed on it).
+pub(crate) fn host_gone(ctx: &Context, host: &str) -> HostGone {
+    let Some(found) = ctx.hosts.get(&ObjectRef::new(host)) else {
+        return HostGone::Yes(format!("host {host} no longer exists"));
     };
+    let Some(since) = disconnected_since(&found) else {
+        return HostGone::No;
+    };
+    let after = ctx.inventory.global().ha.restart_after_seconds;
+    match decide(host.to_string(), since, after, true, Timestamp::now()) {
+        Verdict::Later(wait) => HostGone::Later(wait),
+        Verdict::None => HostGone::No,
+        Verdict::Restart(_) => HostGone::Yes(format!(
+            "host {host} has been Disconnected since {since} (over {after}s)"
+        )),
+    }
+}
+
+/// Deletes the instance of the VM being deleted without its dead host's agent (see
+/// [`host_gone`]), with an Event.
+pub(crate) async fn abandon(ctx: &Context, vm: &VirtualMachine, why: &str) -> Result<(), Error> {
     if revoke(ctx, vm).await? {
         events::publish(
             &ctx.recorder,
@@ -149,7 +148,7 @@ pub(crate) async fn abandon(
         )
         .await;
     }
-    Ok(Abandon::Released)
+    Ok(())
 }
 
 /// When the host turned Disconnected, if it is.

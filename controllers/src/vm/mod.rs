@@ -558,14 +558,14 @@ async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
         // unless its host is gone.
         let instance = ObjectRef::new(&vm.name_any()).within(&vm.namespace().unwrap_or_default());
         let host = ctx.vmis.get(&instance).map(|vmi| vmi.spec.host.clone());
-        let verdict = match host.or_else(|| current.host.clone()) {
-            Some(host) => ha::abandon(ctx, vm, &host).await?,
-            None => ha::Abandon::Wait,
+        let gone = match host.or_else(|| current.host.clone()) {
+            Some(host) => ha::host_gone(ctx, &host),
+            None => ha::HostGone::No,
         };
-        match verdict {
-            ha::Abandon::Released => {}
-            ha::Abandon::Later(wait) => return Ok(Action::requeue(wait)),
-            ha::Abandon::Wait => return Err(Error::InstanceStillExists { vm: key }),
+        match gone {
+            ha::HostGone::Yes(why) => ha::abandon(ctx, vm, &why).await?,
+            ha::HostGone::Later(wait) => return Ok(Action::requeue(wait)),
+            ha::HostGone::No => return Err(Error::InstanceStillExists { vm: key }),
         }
     }
     let policy = recycle::policy(ctx, vm);
