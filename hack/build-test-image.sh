@@ -14,6 +14,7 @@
 #   STRATA-DISK <dev> sectors=<n> head=<first 18 bytes>    every virtio disk at boot
 #   STRATA-LEASE ip=<ip>/<mask> gw=<gw> dns=..             after udhcpc (empty ip: no lease)
 #   STRATA-USERDATA-BEGIN / <user data> / STRATA-USERDATA-END   fetched from 169.254.169.254
+#   STRATA-PING <ip> ok|fail                               a `strata-ping <ip>` user-data peer's answer changed
 #   STRATA-READY                                           boot finished, acpid listening
 #   STRATA-DISK-ADDED|STRATA-DISK-REMOVED|STRATA-DISK-RESIZED <dev> sectors=<n>   hot-plug
 #   STRATA-POWEROFF                                        ACPI power button pressed
@@ -122,6 +123,19 @@ if [ -n "$ip" ]; then
     echo "STRATA-USERDATA-NONE"
   fi
 fi
+# `strata-ping <ip>` lines in the user data: ping that peer every second and say on the console
+# whenever its answer changes (so VM-to-VM reachability, and a security group cutting it, show).
+for peer in $(sed -n 's/^strata-ping \([0-9.]*\)$/\1/p' /tmp/user-data 2>/dev/null); do
+  (
+    last=
+    while true; do
+      if ping -c1 -W1 "$peer" >/dev/null 2>&1; then now=ok; else now=fail; fi
+      [ "$now" != "$last" ] && echo "STRATA-PING $peer $now"
+      last=$now
+      sleep 1
+    done
+  ) &
+done
 echo "hello from $(hostname) $ip" > /www/index.html
 httpd -p 80 -h /www
 echo "STRATA-READY name=$(hostname) uptime=$(cut -d' ' -f1 /proc/uptime)"

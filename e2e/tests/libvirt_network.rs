@@ -3,11 +3,12 @@
 //! dnsmasq and the metadata service, and plugs each VM's tap into the bridge. Two test guests
 //! applied with kubectl boot, get from DHCP exactly the address the controllers allocated (their
 //! serial consoles show the lease) and read their user data from 169.254.169.254; both answer
-//! ping and HTTP from the L3's namespace. From a "public" namespace, vm-a answers on its Eip
-//! and vm-b on a PortForwarding's VIP (port 8080 to its port 80) until the rule is deleted; both
-//! turn Ready once the agent reports their NAT. A security-group rule that drops ICMP into vm-b stops
-//! its ping (not its HTTP, not vm-a's ping) and removing the rule restores it. Deleting the VMs
-//! removes the domains and the taps.
+//! ping and HTTP from the L3's namespace, and ping each other (each guest pings the peer its
+//! user data names). From a "public" namespace, vm-a answers on its Eip and vm-b on a
+//! PortForwarding's VIP (port 8080 to its port 80) until the rule is deleted; both turn Ready
+//! once the agent reports their NAT. A security-group rule that drops ICMP into vm-b stops its
+//! ping from the namespace and from vm-a (not its HTTP, not vm-a's ping) and removing the rule
+//! restores both. Deleting the VMs removes the domains and the taps.
 
 mod libvirt_support;
 mod support;
@@ -79,8 +80,11 @@ spec:
 "#,
         public_l3 = public.l3
     ));
-    for vm in vms {
-        let groups = if vm == "vm-b" { "[open]" } else { "[]" };
+    // Fixed addresses, so each VM's user data can name the other as a peer to ping.
+    let fixed = [format!("{}.89", net.prefix), format!("{}.90", net.prefix)];
+    for (i, vm) in vms.iter().enumerate() {
+        let groups = if *vm == "vm-b" { "[open]" } else { "[]" };
+        let (ip, peer) = (&fixed[i], &fixed[1 - i]);
         manifest.push_str(&format!(
             r#"---
 apiVersion: strata.io/v1alpha1
@@ -92,9 +96,10 @@ spec:
   instanceOffering: tiny
   image: strata-test-guest
   nics:
-    - {{l3Network: {l3}, default: true, securityGroups: {groups}}}
+    - {{l3Network: {l3}, default: true, ip: {ip}, securityGroups: {groups}}}
   userData: |
     user-data-of-{vm}-{pid}
+    strata-ping {peer}
 "#
         ));
     }
@@ -279,8 +284,22 @@ spec:
         );
     }
 
+    // The VMs reach each other: each pings the other from inside (STRATA-PING lines).
+    let last_ping = |domain: &str, peer: &str| {
+        let prefix = format!("STRATA-PING {peer} ");
+        console(dir.path(), domain)
+            .lines()
+            .filter_map(|line| line.strip_prefix(prefix.as_str()).map(str::to_string))
+            .next_back()
+    };
+    for (i, domain) in domains.iter().enumerate() {
+        strata.eventually(&format!("{} to ping {}", vms[i], vms[1 - i]), BOOT, || {
+            last_ping(domain, &ips[1 - i]).as_deref() == Some("ok")
+        });
+    }
+
     // A rule that drops ICMP into vm-b's group stops the ping (vm-a, in no group, still
-    // answers); removing the rule restores it.
+    // answers), from the namespace and from vm-a; removing the rule restores both.
     let ping = |ip: &str| {
         run("ip", &["netns", "exec", l3ns, "ping", "-c1", "-W2", ip])
             .status
@@ -304,6 +323,9 @@ spec:
         !ping(&ips[1])
     });
     eprintln!("ICMP dropped {:?} after the rule", changed.elapsed());
+    strata.eventually("vm-a's own ping of vm-b to fail", BOOT, || {
+        last_ping(&domains[0], &ips[1]).as_deref() == Some("fail")
+    });
     assert!(ping(&ips[0]), "vm-a is in no group and still answers");
     let vm_b_http = run(
         "ip",
@@ -326,6 +348,9 @@ spec:
     let changed = Instant::now();
     strata.eventually("vm-b to answer ping again", BOOT, || ping(&ips[1]));
     eprintln!("ICMP restored {:?} after the rule went", changed.elapsed());
+    strata.eventually("vm-a to reach vm-b again", BOOT, || {
+        last_ping(&domains[0], &ips[1]).as_deref() == Some("ok")
+    });
 
     for vm in vms {
         strata.ok(&["delete", "-n", &ns, "vm", vm, "--timeout=120s"]);
