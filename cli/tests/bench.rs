@@ -1,5 +1,5 @@
-//! `strata bench` at tiny sizes: the harness runs every phase end to end and writes a result
-//! file whose figures are plausible. The real figures are in docs/benchmarks.md; this only
+//! `strata bench` at tiny sizes: the harness runs every phase end to end (one real VM on this
+//! machine's libvirtd included) and writes a result file whose figures are plausible. The real figures are in docs/benchmarks.md; this only
 //! guards the harness.
 
 use std::process::Command;
@@ -10,6 +10,15 @@ use serde_json::Value;
 fn a_tiny_bench_measures_every_phase() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("results.json");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let image = Command::new(repo.join("hack/build-test-image.sh"))
+        .output()
+        .expect("the test guest's build runs");
+    assert!(
+        image.status.success(),
+        "{}",
+        String::from_utf8_lossy(&image.stderr)
+    );
     let output = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["bench", "--hosts", "2", "--zones", "1", "--clusters", "2"])
         .args([
@@ -30,7 +39,9 @@ fn a_tiny_bench_measures_every_phase() {
             "--list-sizes",
             "20,40",
         ])
-        .args(["--libvirt", "--timeout-seconds", "60"])
+        .args(["--libvirt", "--libvirt-runs", "1", "--libvirt-image"])
+        .arg(repo.join("target/test-image"))
+        .args(["--timeout-seconds", "60"])
         .arg("--out")
         .arg(&out)
         .env("TMPDIR", dir.path())
@@ -114,8 +125,19 @@ fn a_tiny_bench_measures_every_phase() {
     let full = number(&scale["memory_full"]["rss_bytes"]);
     assert!(empty > 0.0 && full > 0.0, "{scale:#}");
 
-    assert_eq!(results["libvirt"]["status"], "skipped");
-    assert_eq!(results["libvirt"]["reason"], "no libvirt driver yet");
+    let libvirt = measured("libvirt");
+    assert_eq!(libvirt["runs"], 1);
+    let strata = number(&libvirt["strata"]["p50_ms"]);
+    let raw = number(&libvirt["raw_virsh"]["p50_ms"]);
+    assert!(strata > 0.0 && raw > 0.0, "{libvirt:#}");
+    assert!(
+        (number(&libvirt["ratio_p50"]) - strata / raw).abs() < 1e-9,
+        "{libvirt:#}"
+    );
+    assert!(
+        ["qemu", "kvm"].contains(&libvirt["domain_type"].as_str().unwrap_or_default()),
+        "{libvirt:#}"
+    );
 }
 
 fn number(value: &Value) -> f64 {

@@ -299,7 +299,7 @@ async fn vm_phase(
             topology,
             host_capacity_cpu: cpu,
             hosts_ready_seconds,
-            vm_shape: "1 NIC with an IP from an L3 network; no root volume yet (volumes are a later issue)",
+            vm_shape: "1 NIC with an IP from an L3 network, and a root Volume",
             rounds: results,
             process_memory: machine::memory(None),
         })

@@ -60,7 +60,7 @@ pub struct VmPhase {
     pub host_capacity_cpu: i64,
     /// From start until every simulated host was registered and Connected.
     pub hosts_ready_seconds: f64,
-    /// Every VM has one NIC and so one IP; root volumes come with the volume controller.
+    /// Every VM has one NIC (so one IP) and a root Volume.
     pub vm_shape: &'static str,
     pub rounds: Vec<VmRound>,
     /// The whole all-in-one process (API server, controllers, every agent, the bench's own
