@@ -108,6 +108,13 @@ fn adopt<C: Child>(client: &Client, ctx: Arc<Context>) -> BoxFuture<'static, ()>
 }
 
 async fn reconcile<C: Child>(child: Arc<C>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let action = own(child.as_ref(), &ctx).await?;
+    ctx.succeeded(&C::kind(&()), &child.name_any());
+    Ok(action)
+}
+
+/// Gives `child` its parent as an owner, once both exist.
+async fn own<C: Child>(child: &C, ctx: &Context) -> Result<Action, Error> {
     let refs = child.owner_references();
     if refs
         .iter()
@@ -131,7 +138,7 @@ async fn reconcile<C: Child>(child: Arc<C>, ctx: Arc<Context>) -> Result<Action,
     let Some(owner) = parent.controller_owner_ref(&()) else {
         return Ok(Action::await_change());
     };
-    let patch = adoption_patch::<C::Parent>(child.as_ref(), refs, owner);
+    let patch = adoption_patch::<C::Parent>(child, refs, owner);
     Api::<C>::all(ctx.client.clone())
         .patch(
             &child.name_any(),
@@ -148,7 +155,7 @@ async fn reconcile<C: Child>(child: Arc<C>, ctx: Arc<Context>) -> Result<Action,
 }
 
 fn error_policy<C: Child>(child: Arc<C>, error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.failed(format!("{}/{}", C::kind(&()), child.name_any()), error))
+    Action::requeue(ctx.failed(&C::kind(&()), &child.name_any(), error))
 }
 
 /// Whether `r` refers to the `P` named `name`.

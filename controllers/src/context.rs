@@ -26,7 +26,9 @@ use crate::{
 };
 
 /// Long enough for the watch to deliver the write that beat us, short enough not to stall.
+/// The first retry after a lost concurrency race; it doubles up to [`STALE_WRITE_MAX`].
 const STALE_WRITE_RETRY: Duration = Duration::from_millis(200);
+const STALE_WRITE_MAX: Duration = Duration::from_secs(5);
 
 pub(crate) struct Context {
     pub client: Client,
@@ -43,7 +45,8 @@ pub(crate) struct Context {
     /// The VMs as this process last wrote them, for reconciles the cache has not caught up with.
     pub written_vms: Written<VirtualMachine>,
     assumed: Mutex<Assumed>,
-    failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive failures per `Kind/key`, counted apart for lost races (`true`) and others.
+    failures: Mutex<HashMap<(String, bool), u32>>,
 }
 
 impl Context {
@@ -89,18 +92,27 @@ impl Context {
         self.assumed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Logs a failed reconcile of `object` (`Kind/name`) and returns how long to wait before
-    /// the next. Lost concurrency races are retried soon; other failures back off exponentially.
-    pub fn failed(&self, object: String, error: &Error) -> Duration {
-        if error.is_stale_write() {
+    /// Logs a failed reconcile of the `kind` object `key` (`name` or `namespace/name`) and
+    /// returns how long to wait before the next. Lost concurrency races are retried soon (the
+    /// newer state they lost to is on its way through the watch), but not in a tight loop:
+    /// their delay doubles from 200 ms up to 5 s, as a cache minutes behind under load made a
+    /// 200 ms retry a storm of failed writes. Other failures back off from 1 s to 5 min.
+    pub fn failed(&self, kind: &str, key: &str, error: &Error) -> Duration {
+        let object = format!("{kind}/{key}");
+        let stale = error.is_stale_write();
+        if stale {
             debug!(%object, category = error.category(), error = %chain(error), "stale write, retrying");
-            return STALE_WRITE_RETRY;
+        } else {
+            warn!(%object, category = error.category(), error = %chain(error), "reconcile failed");
         }
-        warn!(%object, category = error.category(), error = %chain(error), "reconcile failed");
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = failures.entry(object).or_default();
+        let count = failures.entry((object, stale)).or_default();
         *count = count.saturating_add(1);
-        backoff(*count)
+        if stale {
+            stale_retry(*count)
+        } else {
+            backoff(*count)
+        }
     }
 
     /// Merge-patches the status of the cluster-scoped object `name` of kind `K` (`kind` names
@@ -122,12 +134,12 @@ impl Context {
         merge_status(&api, kind, name, name.to_string(), status).await
     }
 
-    /// Forgets the failures of `key` after a successful reconcile.
-    pub fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+    /// Forgets the failures of the `kind` object `key` after a successful reconcile.
+    pub fn succeeded(&self, kind: &str, key: &str) {
+        let object = format!("{kind}/{key}");
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.remove(&(object.clone(), true));
+        failures.remove(&(object, false));
     }
 }
 
@@ -235,6 +247,12 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << exponent).min(MAX)
 }
 
+/// The delay after `races` consecutive lost concurrency races.
+fn stale_retry(races: u32) -> Duration {
+    let exponent = races.saturating_sub(1).min(8);
+    (STALE_WRITE_RETRY * (1u32 << exponent)).min(STALE_WRITE_MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +286,15 @@ mod tests {
         written.record("ns/a".into(), at("9"));
         assert_eq!(fresh("9").as_deref(), Some("9"));
         assert!(written.lock().is_empty(), "forgotten once caught up");
+    }
+
+    #[test]
+    fn lost_races_retry_soon_then_slower_up_to_five_seconds() {
+        assert_eq!(stale_retry(1), Duration::from_millis(200));
+        assert_eq!(stale_retry(2), Duration::from_millis(400));
+        assert_eq!(stale_retry(5), Duration::from_millis(3200));
+        assert_eq!(stale_retry(6), Duration::from_secs(5));
+        assert_eq!(stale_retry(u32::MAX), Duration::from_secs(5));
     }
 
     #[test]

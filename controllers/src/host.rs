@@ -133,7 +133,7 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
         )
         .await;
     }
-    ctx.succeeded(&name);
+    ctx.succeeded("Host", &name);
     // Wake up exactly when the lease runs out, so the host flips without any other event.
     Ok(match liveness.expires_at {
         Some(at) => Action::requeue(until(now, at)),
@@ -143,7 +143,7 @@ pub(crate) async fn reconcile(host: Arc<Host>, ctx: Arc<Context>) -> Result<Acti
 
 pub(crate) fn error_policy(host: Arc<Host>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = host.name_any();
-    Action::requeue(ctx.failed(format!("Host/{name}"), error))
+    Action::requeue(ctx.failed("Host", &name, error))
 }
 
 /// Whether a host's agent is alive, judged from its Lease.

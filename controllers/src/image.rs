@@ -166,16 +166,12 @@ async fn reconcile(image: Arc<Image>, images: Arc<Images>) -> Result<Action, Err
             }
         }
     };
-    ctx.succeeded(&format!("Image/{name}"));
+    ctx.succeeded("Image", &name);
     Ok(action)
 }
 
 fn error_policy(image: Arc<Image>, error: &Error, images: Arc<Images>) -> Action {
-    Action::requeue(
-        images
-            .ctx
-            .failed(format!("Image/{}", image.name_any()), error),
-    )
+    Action::requeue(images.ctx.failed("Image", &image.name_any(), error))
 }
 
 impl Images {

@@ -144,12 +144,12 @@ pub(crate) async fn reconcile(l2: Arc<L2Network>, ctx: Arc<Context>) -> Result<A
         ctx.patch_cluster_status::<L2Network, _>("L2Network", &name, &status)
             .await?;
     }
-    ctx.succeeded(&name);
+    ctx.succeeded("L2Network", &name);
     Ok(Action::await_change())
 }
 
 pub(crate) fn error_policy(l2: Arc<L2Network>, error: &Error, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.failed(format!("L2Network/{}", l2.name_any()), error))
+    Action::requeue(ctx.failed("L2Network", &l2.name_any(), error))
 }
 
 /// The network's VNI: the one it asked for or already holds, else the lowest free one of its

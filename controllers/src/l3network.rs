@@ -53,14 +53,14 @@ pub(crate) async fn reconcile(l3: Arc<L3Network>, ctx: Arc<Context>) -> Result<A
         ctx.patch_cluster_status::<L3Network, _>("L3Network", &name, &status)
             .await?;
     }
-    ctx.succeeded(&name);
+    ctx.succeeded("L3Network", &name);
     // An invalid spec waits for the user to change it; address counts arrive as watch events.
     Ok(Action::await_change())
 }
 
 pub(crate) fn error_policy(l3: Arc<L3Network>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = l3.name_any();
-    Action::requeue(ctx.failed(format!("L3Network/{name}"), error))
+    Action::requeue(ctx.failed("L3Network", &name, error))
 }
 
 fn status(

@@ -213,7 +213,7 @@ async fn reconcile(
             follow(&migration, &migrations).await?
         }
     };
-    migrations.ctx.succeeded(&key);
+    migrations.ctx.succeeded("VirtualMachineMigration", &key);
     Ok(action)
 }
 
@@ -222,8 +222,12 @@ fn error_policy(
     error: &Error,
     migrations: Arc<Migrations>,
 ) -> Action {
-    let object = format!("VirtualMachineMigration/{}", key(&migration));
-    Action::requeue(migrations.ctx.failed(object, error))
+    let key = key(&migration);
+    Action::requeue(
+        migrations
+            .ctx
+            .failed("VirtualMachineMigration", &key, error),
+    )
 }
 
 /// Validates the request, waits for a slot, picks and reserves the target, and hands the move

@@ -80,13 +80,13 @@ pub(crate) async fn reconcile(sg: Arc<SecurityGroup>, ctx: Arc<Context>) -> Resu
                 source,
             })?;
     }
-    ctx.succeeded(&key);
+    ctx.succeeded("SecurityGroup", &key);
     Ok(Action::await_change())
 }
 
 pub(crate) fn error_policy(sg: Arc<SecurityGroup>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!("{}/{}", sg.namespace().unwrap_or_default(), sg.name_any());
-    Action::requeue(ctx.failed(format!("SecurityGroup/{key}"), error))
+    Action::requeue(ctx.failed("SecurityGroup", &key, error))
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ pub(crate) async fn reconcile_snapshot(
         name: name.clone(),
         source: Box::new(source),
     })?;
-    ctx.succeeded(&name);
+    ctx.succeeded("VolumeSnapshot", &name);
     Ok(action)
 }
 
@@ -403,7 +403,7 @@ pub(crate) async fn reconcile_restore(
             .await;
         }
     }
-    ctx.succeeded(&name);
+    ctx.succeeded("VolumeRestore", &name);
     Ok(Action::await_change())
 }
 
@@ -415,7 +415,7 @@ pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(
     if error.category() == "waiting" {
         return Action::requeue(WAIT_RETRY);
     }
-    Action::requeue(ctx.failed(format!("{}/{}", K::kind(&()), key(object.as_ref())), error))
+    Action::requeue(ctx.failed(&K::kind(&()), &key(object.as_ref()), error))
 }
 
 /// The status of `restore`. Pure.

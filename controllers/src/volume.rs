@@ -150,7 +150,7 @@ pub(crate) async fn reconcile(volume: Arc<Volume>, ctx: Arc<Context>) -> Result<
         name: name.clone(),
         source: Box::new(source),
     })?;
-    ctx.succeeded(&name);
+    ctx.succeeded("Volume", &name);
     Ok(action)
 }
 
@@ -158,7 +158,7 @@ pub(crate) fn error_policy(volume: Arc<Volume>, error: &Error, ctx: Arc<Context>
     if error.category() == "waiting" {
         return Action::requeue(WAIT_RETRY);
     }
-    Action::requeue(ctx.failed(format!("Volume/{}", key(&volume)), error))
+    Action::requeue(ctx.failed("Volume", &key(&volume), error))
 }
 
 /// A VM that lists (or, for a root volume, owns) the volume.

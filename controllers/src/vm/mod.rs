@@ -370,7 +370,7 @@ pub(crate) async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Res
         name: key.clone(),
         source: Box::new(source),
     })?;
-    ctx.succeeded(&key);
+    ctx.succeeded("VirtualMachine", &key);
     Ok(action)
 }
 
@@ -379,7 +379,7 @@ pub(crate) fn error_policy(vm: Arc<VirtualMachine>, error: &Error, ctx: Arc<Cont
     if error.category() == "waiting" {
         return Action::requeue(REPLACING_RETRY);
     }
-    Action::requeue(ctx.failed(format!("VirtualMachine/{key}"), error))
+    Action::requeue(ctx.failed("VirtualMachine", &key, error))
 }
 
 async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {

@@ -137,7 +137,7 @@ pub(crate) async fn reconcile<K: VipHolder>(
         name: name.clone(),
         source: Box::new(source),
     })?;
-    ctx.succeeded(&name);
+    ctx.succeeded(K::KIND, &name);
     Ok(action)
 }
 
@@ -146,7 +146,7 @@ pub(crate) fn error_policy<K: VipHolder>(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    Action::requeue(ctx.failed(format!("{}/{}", K::KIND, key(object.as_ref())), error))
+    Action::requeue(ctx.failed(K::KIND, &key(object.as_ref()), error))
 }
 
 /// What the object has got so far, and why not more.
