@@ -75,7 +75,9 @@ try {
 
   console.log('overview lists the hosts and the quickstart VM');
   await page.goto(`${url}/ui/#token=${encodeURIComponent(token)}`);
-  await page.locator('#connection', { hasText: 'live' }).waitFor({ timeout });
+  // The first load starts Chromium's renderer and every list+watch; a CI run once needed more
+  // than 30 s for it next to QEMU guests booting under TCG on the same two cores.
+  await page.locator('#connection', { hasText: 'live' }).waitFor({ timeout: 3 * timeout });
   for (let i = 1; i <= expectHosts; i++) await page.locator(`.host[data-host="sim-host-${i}"]`).waitFor({ timeout });
   await page.locator('#host-count', { hasText: String(expectHosts) }).waitFor({ timeout });
   await page.locator('#vm-count', { hasText: '1' }).waitFor({ timeout });
