@@ -108,6 +108,19 @@ spec:
             &format!("jsonpath={path}"),
         ])
     };
+    // The same, empty while the instance is being replaced.
+    let vmi_now = |path: &str| {
+        let out = strata.kubectl(&[
+            "get",
+            "vmi",
+            "-n",
+            &ns,
+            "tiny-vm",
+            "-o",
+            &format!("jsonpath={path}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let uid = vmi_field("{.metadata.uid}");
     let out = virsh(&["destroy", &domain]);
     assert!(
@@ -120,16 +133,7 @@ spec:
         "the stop to reach the instance",
         Duration::from_secs(2),
         || {
-            let now = strata.kubectl(&[
-                "get",
-                "vmi",
-                "-n",
-                &ns,
-                "tiny-vm",
-                "-o",
-                "jsonpath={.metadata.uid} {.status.phase}",
-            ]);
-            let now = String::from_utf8_lossy(&now.stdout).into_owned();
+            let now = vmi_now("{.metadata.uid} {.status.phase}");
             now.is_empty() || now.ends_with(" Stopped") || !now.starts_with(&uid)
         },
     );
@@ -213,16 +217,7 @@ spec:
     patch(r#"{"runStrategy":"Always"}"#);
     wait_phase("Running");
     strata.eventually("a new instance to boot", BOOT, || {
-        let now = strata.kubectl(&[
-            "get",
-            "vmi",
-            "-n",
-            &ns,
-            "tiny-vm",
-            "-o",
-            "jsonpath={.metadata.uid} {.status.consoleTail}",
-        ]);
-        let now = String::from_utf8_lossy(&now.stdout).into_owned();
+        let now = vmi_now("{.metadata.uid} {.status.consoleTail}");
         !now.starts_with(&stopped_uid) && now.contains("STRATA-READY")
     });
     assert_eq!(state(), "running");
